@@ -1,0 +1,125 @@
+//! Secret key newtypes. Each zeroizes on drop (the dalek types do so with their `zeroize`
+//! feature) and has a hand-written `Debug` that shows only the public half.
+
+use std::fmt;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rand_core::{CryptoRng, RngCore};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::error::IdentityError;
+
+/// Decodes an Ed25519 public key, refusing invalid encodings and small-order ("weak") keys.
+pub fn verifying_key(bytes: &[u8; 32], what: &'static str) -> Result<VerifyingKey, IdentityError> {
+    let key = VerifyingKey::from_bytes(bytes).map_err(|_| IdentityError::InvalidPublicKey(what))?;
+    if key.is_weak() {
+        return Err(IdentityError::InvalidPublicKey(what));
+    }
+    Ok(key)
+}
+
+/// Verifies an Ed25519 signature as PROTOCOL.md's `VERIFY` (dalek's `verify_strict`).
+pub(crate) fn verify_sig(
+    key: &VerifyingKey,
+    msg: &[u8],
+    sig: &Signature,
+    what: &'static str,
+) -> Result<(), IdentityError> {
+    key.verify_strict(msg, sig).map_err(|_| IdentityError::BadSignature(what))
+}
+
+/// Fills 32 bytes from a cryptographic RNG into a zeroizing buffer.
+pub(crate) fn random_32(rng: &mut (impl RngCore + CryptoRng)) -> Zeroizing<[u8; 32]> {
+    let mut b = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(b.as_mut());
+    b
+}
+
+/// An X25519 private key (identity DH key, prekey, ephemeral or ratchet key).
+pub struct DhSecret(StaticSecret);
+
+impl DhSecret {
+    /// A fresh key from 32 random bytes.
+    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        Self::from_bytes(&random_32(rng))
+    }
+
+    /// The key whose private scalar bytes are `bytes` (clamped by X25519).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self(StaticSecret::from(*bytes))
+    }
+
+    /// The private bytes, for persistence only.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from(&self.0)
+    }
+
+    pub(crate) fn inner(&self) -> &StaticSecret {
+        &self.0
+    }
+}
+
+impl Clone for DhSecret {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl fmt::Debug for DhSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DhSecret(public: {})", hex_short(self.public_key().as_bytes()))
+    }
+}
+
+/// An Ed25519 private key (account key, device signing key, sender signing key).
+pub struct SigningSecret(SigningKey);
+
+impl SigningSecret {
+    /// A fresh key from 32 random bytes.
+    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
+        Self::from_bytes(&random_32(rng))
+    }
+
+    /// The key whose RFC 8032 seed is `seed`.
+    pub fn from_bytes(seed: &[u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(seed))
+    }
+
+    /// The seed, for persistence only.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_bytes())
+    }
+
+    /// The public key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.0.verifying_key()
+    }
+
+    /// `SIG(self, msg)`.
+    pub fn sign(&self, msg: &[u8]) -> Signature {
+        self.0.sign(msg)
+    }
+}
+
+impl Clone for SigningSecret {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningSecret(public: {})", hex_short(self.verifying_key().as_bytes()))
+    }
+}
+
+/// The first 8 bytes of a public key in hex, enough to tell keys apart in logs.
+pub(crate) fn hex_short(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}

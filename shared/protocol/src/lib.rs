@@ -1,0 +1,38 @@
+//! # cipherpost-protocol
+//!
+//! The byte-exact cipherpost protocol v1 (see `PROTOCOL.md`): identities and device
+//! certificates, X3DH, the Double Ratchet, message bodies, sender keys, streaming attachment
+//! encryption and request signing. Pure Rust on the RustCrypto and dalek crates: no unsafe, no
+//! async, no I/O beyond `std::io::Read`/`Write`.
+//!
+//! Modules are private; the public API is re-exported here.
+
+mod attachment;
+mod auth;
+mod body;
+mod codec;
+pub mod consts;
+mod error;
+mod identity;
+mod keys;
+mod primitives;
+mod sender_key;
+
+pub use ed25519_dalek::{Signature, VerifyingKey};
+pub use x25519_dalek::PublicKey;
+
+pub use crate::{
+    attachment::*,
+    auth::*,
+    body::*,
+    error::{
+        AttachmentError, AuthError, BodyError, DecodeError, IdentityError, SenderKeyError,
+        SessionError,
+    },
+    identity::{
+        fingerprint, fingerprint_digits, AccountChain, AccountKey, DeviceCertificate, DeviceId,
+        DeviceIdentity, DeviceIdentityPublic, Revocation, Rotation, SafetyNumber, UserId,
+    },
+    keys::{verifying_key, DhSecret, SigningSecret},
+    sender_key::*,
+};
