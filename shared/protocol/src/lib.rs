@@ -15,8 +15,13 @@ pub mod consts;
 mod error;
 mod identity;
 mod keys;
+mod message;
+mod prekey;
 mod primitives;
+mod ratchet;
 mod sender_key;
+mod session;
+mod x3dh;
 
 pub use ed25519_dalek::{Signature, VerifyingKey};
 pub use x25519_dalek::PublicKey;
@@ -31,6 +36,11 @@ pub use crate::{
         DeviceIdentity, DeviceIdentityPublic, Revocation, Rotation, SafetyNumber, UserId,
     },
     keys::{verifying_key, DhSecret, SigningSecret},
+    message::{pairwise_message_kind, PairwiseMessageKind, PREKEY_TYPE, WHISPER_TYPE},
+    prekey::{
+        OneTimePreKeyPublic, PreKeyBundle, PreKeyStore, SignedPreKey, SignedPreKeyPublic,
+    },
+    session::{Decrypted, PeerSessions},
 };
 
 // Filled module by module; the allow goes once every module exports items.
