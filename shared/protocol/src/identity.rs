@@ -13,7 +13,7 @@ use crate::{
     codec::{Reader, Writer},
     consts::{LABEL_CERT, LABEL_FINGERPRINT, LABEL_REVOKE, LABEL_ROTATE, USER_ID_LEN},
     error::{DecodeError, IdentityError},
-    keys::{hex_short, verify_sig, verifying_key, DhSecret, SigningSecret},
+    keys::{hex_short, verify_sig, verifying_key, x25519_public_key, DhSecret, SigningSecret},
     primitives::sha256,
 };
 
@@ -259,7 +259,7 @@ impl DeviceIdentityPublic {
         s.copy_from_slice(&bytes[..32]);
         let mut d = [0u8; 32];
         d.copy_from_slice(&bytes[32..]);
-        Ok(Self { signing: verifying_key(&s, "device signing key")?, dh: PublicKey::from(d) })
+        Ok(Self { signing: verifying_key(&s, "device signing key")?, dh: x25519_public_key(&d)? })
     }
 }
 
@@ -318,7 +318,7 @@ impl DeviceCertificate {
         let user_id = UserId::decode(&mut r)?;
         let device_id = DeviceId::decode(&mut r)?;
         let identity = DeviceIdentityPublic::from_bytes(&r.array::<64>()?)
-            .map_err(|_| r.invalid("the device signing key is not a valid Ed25519 key"))?;
+            .map_err(|_| r.invalid("the device identity keys are not valid public keys"))?;
         let created_ms = r.u64()?;
         let signature = Signature::from_bytes(&r.array::<64>()?);
         r.finish()?;

@@ -19,6 +19,20 @@ pub fn verifying_key(bytes: &[u8; 32], what: &'static str) -> Result<VerifyingKe
     Ok(key)
 }
 
+/// Decodes an X25519 public key received from elsewhere, refusing non-canonical encodings
+/// (top bit set, or `u >= 2^255 - 19`). X25519 ignores the top bit, so without this check one
+/// key would have two encodings, and a PreKey message with the other encoding of `EK_A` would
+/// look like a new session.
+pub fn x25519_public_key(bytes: &[u8; 32]) -> Result<PublicKey, IdentityError> {
+    let top_bit = bytes[31] & 0x80 != 0;
+    let at_least_p =
+        bytes[31] == 0x7f && bytes[1..31].iter().all(|b| *b == 0xff) && bytes[0] >= 0xed;
+    if top_bit || at_least_p {
+        return Err(IdentityError::InvalidPublicKey("X25519 key (non-canonical encoding)"));
+    }
+    Ok(PublicKey::from(*bytes))
+}
+
 /// Verifies an Ed25519 signature as PROTOCOL.md's `VERIFY` (dalek's `verify_strict`).
 pub(crate) fn verify_sig(
     key: &VerifyingKey,

@@ -35,7 +35,7 @@ pub use crate::{
         fingerprint, fingerprint_digits, AccountChain, AccountKey, DeviceCertificate, DeviceId,
         DeviceIdentity, DeviceIdentityPublic, Revocation, Rotation, SafetyNumber, UserId,
     },
-    keys::{verifying_key, DhSecret, SigningSecret},
+    keys::{verifying_key, x25519_public_key, DhSecret, SigningSecret},
     message::{pairwise_message_kind, PairwiseMessageKind, PREKEY_TYPE, WHISPER_TYPE},
     prekey::{
         OneTimePreKeyPublic, PreKeyBundle, PreKeyStore, SignedPreKey, SignedPreKeyPublic,

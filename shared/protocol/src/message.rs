@@ -8,6 +8,7 @@ use crate::{
     consts::TAG_LEN,
     error::DecodeError,
     identity::DeviceIdentityPublic,
+    keys::x25519_public_key,
 };
 
 /// Type byte of a Whisper message.
@@ -60,6 +61,8 @@ impl<'a> WhisperMessage<'a> {
         let header_bytes = r.array::<40>()?;
         let mut h = Reader::new(&header_bytes, "Whisper header");
         let header = Header { dh: h.array()?, pn: h.u32()?, n: h.u32()? };
+        x25519_public_key(&header.dh)
+            .map_err(|_| r.invalid("the ratchet key is not a canonical X25519 key"))?;
         if r.remaining() < TAG_LEN {
             return Err(r.invalid("the ciphertext is shorter than an AES-GCM tag"));
         }
@@ -98,8 +101,9 @@ impl<'a> PreKeyMessage<'a> {
             return Err(DecodeError::UnknownType { what: "PreKey message", found: t });
         }
         let identity = DeviceIdentityPublic::from_bytes(&r.array::<64>()?)
-            .map_err(|_| r.invalid("the sender's signing key is not a valid Ed25519 key"))?;
-        let base_key = PublicKey::from(r.array::<32>()?);
+            .map_err(|_| r.invalid("the sender's identity keys are not valid public keys"))?;
+        let base_key = x25519_public_key(&r.array::<32>()?)
+            .map_err(|_| r.invalid("the ephemeral key is not a canonical X25519 key"))?;
         let spk_id = r.u32()?;
         let opk_id = r.u32()?;
         Ok(Self { identity, base_key, spk_id, opk_id, whisper: r.rest() })

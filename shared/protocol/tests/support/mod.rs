@@ -2,6 +2,8 @@
 //! (PROTOCOL.md, "Test vectors") and the check that recomputed vectors equal the stored files.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod device;
+
 use std::{cell::RefCell, collections::VecDeque, path::PathBuf, rc::Rc};
 
 use cipherpost_protocol::{DhSecret, SigningSecret};
