@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod device;
+pub mod reference;
 
 use std::{cell::RefCell, collections::VecDeque, path::PathBuf, rc::Rc};
 
