@@ -1,1 +1,164 @@
-fn main(){}
+//! Criterion benchmarks of the protocol: `cargo bench -p cipherpost-protocol` (or `./dev bench`).
+//! Results and the command that produced them are in BENCHMARKS.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use cipherpost_protocol::{
+    AccountChain, AccountKey, DeviceCertificate, DeviceId, DeviceIdentity, PeerSessions,
+    PreKeyBundle, PreKeyStore, SignedPreKey, UserId,
+};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ed25519_dalek::{Signer, SigningKey};
+use rand_core::OsRng;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+const MSG: [u8; 200] = [0x42; 200];
+
+struct Device {
+    identity: DeviceIdentity,
+    cert: DeviceCertificate,
+    chain: AccountChain,
+    prekeys: PreKeyStore,
+}
+
+fn device(name: &str, id: u32) -> Device {
+    let user = UserId::new(name).unwrap();
+    let ak = AccountKey::generate(&mut OsRng);
+    let identity = DeviceIdentity::generate(&mut OsRng);
+    let cert = ak.certify(&user, DeviceId::new(id).unwrap(), &identity.public(), 0);
+    let mut prekeys = PreKeyStore::new();
+    prekeys.add_signed_prekey(SignedPreKey::generate(&mut OsRng, &identity, 1, 0), 0);
+    let k = ak.public_key();
+    let chain = AccountChain::verify(&user, &k, &k, &[], &[]).unwrap();
+    Device { identity, cert, chain, prekeys }
+}
+
+fn bundle(d: &mut Device) -> PreKeyBundle {
+    PreKeyBundle {
+        certificate: d.cert.clone(),
+        signed_prekey: d.prekeys.current_signed_prekey().unwrap().public(),
+        one_time_prekey: Some(d.prekeys.generate_one_time_prekeys(&mut OsRng, 1)[0]),
+    }
+}
+
+/// Alice and Bob with an established session (one message each way).
+fn established() -> (Device, Device, PeerSessions, PeerSessions) {
+    let alice = device("alice", 1);
+    let mut bob = device("bob", 2);
+    let mut a2b = PeerSessions::new();
+    let b = bundle(&mut bob);
+    a2b.initiate(&mut OsRng, &alice.identity, &bob.chain, &b).unwrap();
+    let mut b2a = PeerSessions::new();
+    let m = a2b.encrypt(&MSG).unwrap();
+    b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &alice.identity.public(), &m).unwrap();
+    let r = b2a.encrypt(&MSG).unwrap();
+    let mut none = PreKeyStore::new();
+    a2b.decrypt(&mut OsRng, &alice.identity, &mut none, &bob.identity.public(), &r).unwrap();
+    (alice, bob, a2b, b2a)
+}
+
+fn primitives(c: &mut Criterion) {
+    let mut g = c.benchmark_group("primitives");
+    let a = StaticSecret::random_from_rng(OsRng);
+    let b = PublicKey::from(&StaticSecret::random_from_rng(OsRng));
+    g.bench_function("x25519 diffie_hellman", |bn| bn.iter(|| black_box(a.diffie_hellman(&b))));
+    g.bench_function("x25519 keygen (base point)", |bn| {
+        bn.iter(|| black_box(PublicKey::from(&StaticSecret::random_from_rng(OsRng))))
+    });
+    let sk = SigningKey::generate(&mut OsRng);
+    let vk = sk.verifying_key();
+    let sig = sk.sign(&MSG);
+    g.bench_function("ed25519 sign 200 B", |bn| bn.iter(|| black_box(sk.sign(&MSG))));
+    g.bench_function("ed25519 verify_strict 200 B", |bn| {
+        bn.iter(|| black_box(vk.verify_strict(&MSG, &sig).is_ok()))
+    });
+    g.finish();
+}
+
+fn sessions(c: &mut Criterion) {
+    let mut g = c.benchmark_group("session");
+    g.bench_function("full setup (bundle, X3DH, first message both ways)", |bn| {
+        let alice = device("alice", 1);
+        let mut bob = device("bob", 2);
+        bn.iter(|| {
+            // Bob's side of the bundle: a fresh signed prekey and one-time prekey.
+            let spk = SignedPreKey::generate(&mut OsRng, &bob.identity, 2, 0);
+            bob.prekeys.add_signed_prekey(spk, 0);
+            let b = bundle(&mut bob);
+            let mut a2b = PeerSessions::new();
+            a2b.initiate(&mut OsRng, &alice.identity, &bob.chain, &b).unwrap();
+            let m = a2b.encrypt(&MSG).unwrap();
+            let mut b2a = PeerSessions::new();
+            b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &alice.identity.public(), &m)
+                .unwrap();
+            let r = b2a.encrypt(&MSG).unwrap();
+            let mut none = PreKeyStore::new();
+            a2b.decrypt(&mut OsRng, &alice.identity, &mut none, &bob.identity.public(), &r)
+                .unwrap();
+            // Keep the store from growing across iterations.
+            bob.prekeys = PreKeyStore::new();
+            bob.prekeys.add_signed_prekey(SignedPreKey::generate(&mut OsRng, &bob.identity, 1, 0), 0);
+            black_box(a2b)
+        })
+    });
+    g.bench_function("X3DH initiate + respond (no bundle keygen)", |bn| {
+        let alice = device("alice", 1);
+        let bob = std::cell::RefCell::new(device("bob", 2));
+        bn.iter_batched(
+            || bundle(&mut bob.borrow_mut()),
+            |b| {
+                let bob = &mut *bob.borrow_mut();
+                let mut a2b = PeerSessions::new();
+                a2b.initiate(&mut OsRng, &alice.identity, &bob.chain, &b).unwrap();
+                let m = a2b.encrypt(&MSG).unwrap();
+                let mut b2a = PeerSessions::new();
+                b2a.decrypt(
+                    &mut OsRng,
+                    &bob.identity,
+                    &mut bob.prekeys,
+                    &alice.identity.public(),
+                    &m,
+                )
+                .unwrap();
+                black_box(b2a)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("ratchet encrypt + decrypt 200 B, same direction", |bn| {
+        let (alice, mut bob, mut a2b, mut b2a) = established();
+        let sender = alice.identity.public();
+        bn.iter(|| {
+            let m = a2b.encrypt(&MSG).unwrap();
+            black_box(b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &sender, &m).unwrap())
+        })
+    });
+    g.bench_function("ratchet encrypt + decrypt 200 B, alternating", |bn| {
+        let (mut alice, mut bob, mut a2b, mut b2a) = established();
+        let (pa, pb) = (alice.identity.public(), bob.identity.public());
+        let mut turn = false;
+        bn.iter(|| {
+            turn = !turn;
+            if turn {
+                let m = a2b.encrypt(&MSG).unwrap();
+                black_box(b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &pa, &m).unwrap())
+            } else {
+                let m = b2a.encrypt(&MSG).unwrap();
+                black_box(
+                    a2b.decrypt(&mut OsRng, &alice.identity, &mut alice.prekeys, &pb, &m).unwrap(),
+                )
+            }
+        })
+    });
+    g.bench_function("session state to_bytes + from_bytes", |bn| {
+        let (_, _, a2b, _) = established();
+        bn.iter(|| black_box(PeerSessions::from_bytes(&a2b.to_bytes()).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, primitives, sessions);
+criterion_main!(benches);

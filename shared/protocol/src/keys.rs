@@ -50,8 +50,12 @@ pub(crate) fn random_32(rng: &mut (impl RngCore + CryptoRng)) -> Zeroizing<[u8; 
     b
 }
 
-/// An X25519 private key (identity DH key, prekey, ephemeral or ratchet key).
-pub struct DhSecret(StaticSecret);
+/// An X25519 private key (identity DH key, prekey, ephemeral or ratchet key), with its public
+/// key computed once (a base-point multiplication costs as much as a quarter of a DH).
+pub struct DhSecret {
+    secret: StaticSecret,
+    public: PublicKey,
+}
 
 impl DhSecret {
     /// A fresh key from 32 random bytes.
@@ -61,27 +65,29 @@ impl DhSecret {
 
     /// The key whose private scalar bytes are `bytes` (clamped by X25519).
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
-        Self(StaticSecret::from(*bytes))
+        let secret = StaticSecret::from(*bytes);
+        let public = PublicKey::from(&secret);
+        Self { secret, public }
     }
 
     /// The private bytes, for persistence only.
     pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.0.to_bytes())
+        Zeroizing::new(self.secret.to_bytes())
     }
 
     /// The public key.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey::from(&self.0)
+        self.public
     }
 
     pub(crate) fn inner(&self) -> &StaticSecret {
-        &self.0
+        &self.secret
     }
 }
 
 impl Clone for DhSecret {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self { secret: self.secret.clone(), public: self.public }
     }
 }
 
