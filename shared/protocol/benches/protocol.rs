@@ -31,7 +31,12 @@ fn device(name: &str, id: u32) -> Device {
     prekeys.add_signed_prekey(SignedPreKey::generate(&mut OsRng, &identity, 1, 0), 0);
     let k = ak.public_key();
     let chain = AccountChain::verify(&user, &k, &k, &[], &[]).unwrap();
-    Device { identity, cert, chain, prekeys }
+    Device {
+        identity,
+        cert,
+        chain,
+        prekeys,
+    }
 }
 
 fn bundle(d: &mut Device) -> PreKeyBundle {
@@ -48,13 +53,28 @@ fn established() -> (Device, Device, PeerSessions, PeerSessions) {
     let mut bob = device("bob", 2);
     let mut a2b = PeerSessions::new();
     let b = bundle(&mut bob);
-    a2b.initiate(&mut OsRng, &alice.identity, &bob.chain, &b).unwrap();
+    a2b.initiate(&mut OsRng, &alice.identity, &bob.chain, &b)
+        .unwrap();
     let mut b2a = PeerSessions::new();
     let m = a2b.encrypt(&MSG).unwrap();
-    b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &alice.identity.public(), &m).unwrap();
+    b2a.decrypt(
+        &mut OsRng,
+        &bob.identity,
+        &mut bob.prekeys,
+        &alice.identity.public(),
+        &m,
+    )
+    .unwrap();
     let r = b2a.encrypt(&MSG).unwrap();
     let mut none = PreKeyStore::new();
-    a2b.decrypt(&mut OsRng, &alice.identity, &mut none, &bob.identity.public(), &r).unwrap();
+    a2b.decrypt(
+        &mut OsRng,
+        &alice.identity,
+        &mut none,
+        &bob.identity.public(),
+        &r,
+    )
+    .unwrap();
     (alice, bob, a2b, b2a)
 }
 
@@ -62,14 +82,18 @@ fn primitives(c: &mut Criterion) {
     let mut g = c.benchmark_group("primitives");
     let a = StaticSecret::random_from_rng(OsRng);
     let b = PublicKey::from(&StaticSecret::random_from_rng(OsRng));
-    g.bench_function("x25519 diffie_hellman", |bn| bn.iter(|| black_box(a.diffie_hellman(&b))));
+    g.bench_function("x25519 diffie_hellman", |bn| {
+        bn.iter(|| black_box(a.diffie_hellman(&b)))
+    });
     g.bench_function("x25519 keygen (base point)", |bn| {
         bn.iter(|| black_box(PublicKey::from(&StaticSecret::random_from_rng(OsRng))))
     });
     let sk = SigningKey::generate(&mut OsRng);
     let vk = sk.verifying_key();
     let sig = sk.sign(&MSG);
-    g.bench_function("ed25519 sign 200 B", |bn| bn.iter(|| black_box(sk.sign(&MSG))));
+    g.bench_function("ed25519 sign 200 B", |bn| {
+        bn.iter(|| black_box(sk.sign(&MSG)))
+    });
     g.bench_function("ed25519 verify_strict 200 B", |bn| {
         bn.iter(|| black_box(vk.verify_strict(&MSG, &sig).is_ok()))
     });
@@ -87,18 +111,32 @@ fn sessions(c: &mut Criterion) {
             bob.prekeys.add_signed_prekey(spk, 0);
             let b = bundle(&mut bob);
             let mut a2b = PeerSessions::new();
-            a2b.initiate(&mut OsRng, &alice.identity, &bob.chain, &b).unwrap();
+            a2b.initiate(&mut OsRng, &alice.identity, &bob.chain, &b)
+                .unwrap();
             let m = a2b.encrypt(&MSG).unwrap();
             let mut b2a = PeerSessions::new();
-            b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &alice.identity.public(), &m)
-                .unwrap();
+            b2a.decrypt(
+                &mut OsRng,
+                &bob.identity,
+                &mut bob.prekeys,
+                &alice.identity.public(),
+                &m,
+            )
+            .unwrap();
             let r = b2a.encrypt(&MSG).unwrap();
             let mut none = PreKeyStore::new();
-            a2b.decrypt(&mut OsRng, &alice.identity, &mut none, &bob.identity.public(), &r)
-                .unwrap();
+            a2b.decrypt(
+                &mut OsRng,
+                &alice.identity,
+                &mut none,
+                &bob.identity.public(),
+                &r,
+            )
+            .unwrap();
             // Keep the store from growing across iterations.
             bob.prekeys = PreKeyStore::new();
-            bob.prekeys.add_signed_prekey(SignedPreKey::generate(&mut OsRng, &bob.identity, 1, 0), 0);
+            bob.prekeys
+                .add_signed_prekey(SignedPreKey::generate(&mut OsRng, &bob.identity, 1, 0), 0);
             black_box(a2b)
         })
     });
@@ -110,7 +148,8 @@ fn sessions(c: &mut Criterion) {
             |b| {
                 let bob = &mut *bob.borrow_mut();
                 let mut a2b = PeerSessions::new();
-                a2b.initiate(&mut OsRng, &alice.identity, &bob.chain, &b).unwrap();
+                a2b.initiate(&mut OsRng, &alice.identity, &bob.chain, &b)
+                    .unwrap();
                 let m = a2b.encrypt(&MSG).unwrap();
                 let mut b2a = PeerSessions::new();
                 b2a.decrypt(
@@ -133,7 +172,10 @@ fn sessions(c: &mut Criterion) {
         let sender = alice.identity.public();
         bn.iter(|| {
             let m = a2b.encrypt(&MSG).unwrap();
-            black_box(b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &sender, &m).unwrap())
+            black_box(
+                b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &sender, &m)
+                    .unwrap(),
+            )
         })
     });
     g.bench_function("ratchet encrypt + decrypt 200 B, alternating", |bn| {
@@ -144,11 +186,15 @@ fn sessions(c: &mut Criterion) {
             turn = !turn;
             if turn {
                 let m = a2b.encrypt(&MSG).unwrap();
-                black_box(b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &pa, &m).unwrap())
+                black_box(
+                    b2a.decrypt(&mut OsRng, &bob.identity, &mut bob.prekeys, &pa, &m)
+                        .unwrap(),
+                )
             } else {
                 let m = b2a.encrypt(&MSG).unwrap();
                 black_box(
-                    a2b.decrypt(&mut OsRng, &alice.identity, &mut alice.prekeys, &pb, &m).unwrap(),
+                    a2b.decrypt(&mut OsRng, &alice.identity, &mut alice.prekeys, &pb, &m)
+                        .unwrap(),
                 )
             }
         })

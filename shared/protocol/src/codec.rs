@@ -17,7 +17,10 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(DecodeError::Truncated { what: self.what, needed: n - self.buf.len() });
+            return Err(DecodeError::Truncated {
+                what: self.what,
+                needed: n - self.buf.len(),
+            });
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -80,7 +83,11 @@ impl<'a> Reader<'a> {
     pub(crate) fn version(&mut self, supported: u8) -> Result<(), DecodeError> {
         let found = self.u8()?;
         if found != supported {
-            return Err(DecodeError::UnsupportedVersion { what: self.what, found, supported });
+            return Err(DecodeError::UnsupportedVersion {
+                what: self.what,
+                found,
+                supported,
+            });
         }
         Ok(())
     }
@@ -94,14 +101,20 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn invalid(&self, reason: &'static str) -> DecodeError {
-        DecodeError::Invalid { what: self.what, reason }
+        DecodeError::Invalid {
+            what: self.what,
+            reason,
+        }
     }
 
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::TrailingBytes { what: self.what, extra: self.buf.len() })
+            Err(DecodeError::TrailingBytes {
+                what: self.what,
+                extra: self.buf.len(),
+            })
         }
     }
 }

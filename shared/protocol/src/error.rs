@@ -137,8 +137,11 @@ pub enum BodyError {
         max: usize,
     },
     /// The padding is not `0x80 0x00*` within one 160-byte block.
-    #[error("the padding is malformed")]
+    #[error("malformed padding: expected one 0x80 byte then zero bytes, 160 bytes at most")]
     BadPadding,
+    /// The padded content is not a positive multiple of 160 bytes.
+    #[error("the padded content is {0} bytes, not a positive multiple of 160")]
+    BadPaddedLength(usize),
     /// The key envelope is not 64 bytes.
     #[error("the key envelope must hold 64 bytes, it holds {0}")]
     BadKeyEnvelope(usize),
@@ -216,7 +219,9 @@ pub enum AttachmentError {
     #[error("the attachment digest does not match: the object was changed or swapped")]
     DigestMismatch,
     /// A segment did not authenticate (tampered, reordered or truncated object).
-    #[error("attachment segment {0} does not decrypt: the object was changed, reordered or truncated")]
+    #[error(
+        "attachment segment {0} does not decrypt: the object was changed, reordered or truncated"
+    )]
     BadSegment(u64),
     /// The declared size is larger than the limit.
     #[error("the attachment is {size} bytes; at most {max} are allowed")]
@@ -235,7 +240,9 @@ pub enum AuthError {
     #[error("malformed Authorization header: {0}")]
     Malformed(&'static str),
     /// The signed time is more than 5 minutes from the server's clock.
-    #[error("the request time is {skew_ms} ms away from the server clock; at most 300000 are allowed")]
+    #[error(
+        "the request time is {skew_ms} ms away from the server clock; at most 300000 are allowed"
+    )]
     Expired {
         /// Absolute difference in milliseconds.
         skew_ms: u64,

@@ -25,8 +25,9 @@ impl UserId {
     /// Validates a user id.
     pub fn new(s: &str) -> Result<Self, IdentityError> {
         let ok_len = (USER_ID_LEN.0..=USER_ID_LEN.1).contains(&s.len());
-        let ok_chars =
-            s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
         if ok_len && ok_chars {
             Ok(Self(s.to_owned()))
         } else {
@@ -72,7 +73,9 @@ pub struct DeviceId(NonZeroU32);
 impl DeviceId {
     /// Refuses zero.
     pub fn new(id: u32) -> Result<Self, IdentityError> {
-        NonZeroU32::new(id).map(Self).ok_or(IdentityError::InvalidDeviceId)
+        NonZeroU32::new(id)
+            .map(Self)
+            .ok_or(IdentityError::InvalidDeviceId)
     }
 
     /// A random non-zero id.
@@ -195,12 +198,18 @@ impl DeviceIdentity {
 
     /// Restores identity keys from their private bytes (`IKs` seed, `IKd` scalar).
     pub fn from_bytes(signing_seed: &[u8; 32], dh: &[u8; 32]) -> Self {
-        Self { signing: SigningSecret::from_bytes(signing_seed), dh: DhSecret::from_bytes(dh) }
+        Self {
+            signing: SigningSecret::from_bytes(signing_seed),
+            dh: DhSecret::from_bytes(dh),
+        }
     }
 
     /// The public keys.
     pub fn public(&self) -> DeviceIdentityPublic {
-        DeviceIdentityPublic { signing: self.signing.verifying_key(), dh: self.dh.public_key() }
+        DeviceIdentityPublic {
+            signing: self.signing.verifying_key(),
+            dh: self.dh.public_key(),
+        }
     }
 
     /// `SIG(IKs, msg)`.
@@ -211,7 +220,8 @@ impl DeviceIdentity {
     /// The versioned persistence form (format 1): seed of `IKs`, scalar of `IKd`.
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut w = Writer::new();
-        w.u8(IDENTITY_STATE_VERSION).put(self.signing.to_bytes().as_ref());
+        w.u8(IDENTITY_STATE_VERSION)
+            .put(self.signing.to_bytes().as_ref());
         w.put(self.dh.to_bytes().as_ref());
         w.finish()
     }
@@ -231,7 +241,9 @@ const IDENTITY_STATE_VERSION: u8 = 1;
 
 impl fmt::Debug for DeviceIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceIdentity").field("public", &self.public()).finish_non_exhaustive()
+        f.debug_struct("DeviceIdentity")
+            .field("public", &self.public())
+            .finish_non_exhaustive()
     }
 }
 
@@ -259,7 +271,10 @@ impl DeviceIdentityPublic {
         s.copy_from_slice(&bytes[..32]);
         let mut d = [0u8; 32];
         d.copy_from_slice(&bytes[32..]);
-        Ok(Self { signing: verifying_key(&s, "device signing key")?, dh: x25519_public_key(&d)? })
+        Ok(Self {
+            signing: verifying_key(&s, "device signing key")?,
+            dh: x25519_public_key(&d)?,
+        })
     }
 }
 
@@ -295,13 +310,20 @@ impl DeviceCertificate {
         let mut w = Writer::new();
         w.put(LABEL_CERT);
         self.user_id.encode(&mut w);
-        w.u32(self.device_id.get()).put(&self.identity.to_bytes()).u64(self.created_ms);
+        w.u32(self.device_id.get())
+            .put(&self.identity.to_bytes())
+            .u64(self.created_ms);
         w.finish().to_vec()
     }
 
     /// Verifies the certificate under an account key.
     pub fn verify(&self, account_key: &VerifyingKey) -> Result<(), IdentityError> {
-        verify_sig(account_key, &self.message(), &self.signature, "device certificate")
+        verify_sig(
+            account_key,
+            &self.message(),
+            &self.signature,
+            "device certificate",
+        )
     }
 
     /// The transport form: `cert_msg || signature`.
@@ -322,7 +344,13 @@ impl DeviceCertificate {
         let created_ms = r.u64()?;
         let signature = Signature::from_bytes(&r.array::<64>()?);
         r.finish()?;
-        Ok(Self { user_id, device_id, identity, created_ms, signature })
+        Ok(Self {
+            user_id,
+            device_id,
+            identity,
+            created_ms,
+            signature,
+        })
     }
 }
 
@@ -347,7 +375,9 @@ impl Revocation {
         let mut w = Writer::new();
         w.put(LABEL_REVOKE);
         self.user_id.encode(&mut w);
-        w.u32(self.device_id.get()).put(self.signing_key.as_bytes()).u64(self.revoked_ms);
+        w.u32(self.device_id.get())
+            .put(self.signing_key.as_bytes())
+            .u64(self.revoked_ms);
         w.finish().to_vec()
     }
 
@@ -373,7 +403,13 @@ impl Revocation {
         let revoked_ms = r.u64()?;
         let signature = Signature::from_bytes(&r.array::<64>()?);
         r.finish()?;
-        Ok(Self { user_id, device_id, signing_key, revoked_ms, signature })
+        Ok(Self {
+            user_id,
+            device_id,
+            signing_key,
+            revoked_ms,
+            signature,
+        })
     }
 }
 
@@ -398,13 +434,20 @@ impl Rotation {
         let mut w = Writer::new();
         w.put(LABEL_ROTATE);
         self.user_id.encode(&mut w);
-        w.put(self.old_key.as_bytes()).put(self.new_key.as_bytes()).u64(self.ms);
+        w.put(self.old_key.as_bytes())
+            .put(self.new_key.as_bytes())
+            .u64(self.ms);
         w.finish().to_vec()
     }
 
     /// Verifies the rotation under its old key.
     pub fn verify(&self) -> Result<(), IdentityError> {
-        verify_sig(&self.old_key, &self.message(), &self.signature, "account key rotation")
+        verify_sig(
+            &self.old_key,
+            &self.message(),
+            &self.signature,
+            "account key rotation",
+        )
     }
 
     /// The transport form: `rotate_msg || signature`.
@@ -424,7 +467,13 @@ impl Rotation {
         let ms = r.u64()?;
         let signature = Signature::from_bytes(&r.array::<64>()?);
         r.finish()?;
-        Ok(Self { user_id, old_key, new_key, ms, signature })
+        Ok(Self {
+            user_id,
+            old_key,
+            new_key,
+            ms,
+            signature,
+        })
     }
 }
 
@@ -462,8 +511,7 @@ impl AccountChain {
         revocations: &[Revocation],
     ) -> Result<Self, IdentityError> {
         let mut keys = vec![*pinned];
-        loop {
-            let Some(latest) = keys.last().copied() else { break };
+        while let Some(latest) = keys.last().copied() {
             let mut next: Option<VerifyingKey> = None;
             for rot in rotations {
                 if rot.user_id != *user_id || rot.old_key != latest || rot.verify().is_err() {
@@ -490,7 +538,11 @@ impl AccountChain {
             .filter(|rev| rev.user_id == *user_id && keys.iter().any(|k| rev.verify(k).is_ok()))
             .map(|rev| (rev.device_id, rev.signing_key))
             .collect();
-        Ok(Self { user_id: user_id.clone(), keys, revoked })
+        Ok(Self {
+            user_id: user_id.clone(),
+            keys,
+            revoked,
+        })
     }
 
     /// The account key to pin now (the end of the chain).
@@ -506,7 +558,9 @@ impl AccountChain {
 
     /// True when `(device_id, signing_key)` was revoked under a key of the chain.
     pub fn is_revoked(&self, device_id: DeviceId, signing_key: &VerifyingKey) -> bool {
-        self.revoked.iter().any(|(d, k)| *d == device_id && k == signing_key)
+        self.revoked
+            .iter()
+            .any(|(d, k)| *d == device_id && k == signing_key)
     }
 
     /// The revoked `(device_id, IKs.pub)` pairs.
@@ -518,10 +572,14 @@ impl AccountChain {
     /// verifies under the latest key, and the device was not revoked.
     pub fn verify_device(&self, cert: &DeviceCertificate) -> Result<(), IdentityError> {
         if cert.user_id != self.user_id {
-            return Err(IdentityError::BadSignature("device certificate (wrong account)"));
+            return Err(IdentityError::BadSignature(
+                "device certificate (wrong account)",
+            ));
         }
         if self.is_revoked(cert.device_id, &cert.identity.signing) {
-            return Err(IdentityError::BadSignature("device certificate (device revoked)"));
+            return Err(IdentityError::BadSignature(
+                "device certificate (device revoked)",
+            ));
         }
         cert.verify(self.latest())
     }

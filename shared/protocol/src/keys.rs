@@ -28,7 +28,9 @@ pub fn x25519_public_key(bytes: &[u8; 32]) -> Result<PublicKey, IdentityError> {
     let at_least_p =
         bytes[31] == 0x7f && bytes[1..31].iter().all(|b| *b == 0xff) && bytes[0] >= 0xed;
     if top_bit || at_least_p {
-        return Err(IdentityError::InvalidPublicKey("X25519 key (non-canonical encoding)"));
+        return Err(IdentityError::InvalidPublicKey(
+            "X25519 key (non-canonical encoding)",
+        ));
     }
     Ok(PublicKey::from(*bytes))
 }
@@ -40,7 +42,8 @@ pub(crate) fn verify_sig(
     sig: &Signature,
     what: &'static str,
 ) -> Result<(), IdentityError> {
-    key.verify_strict(msg, sig).map_err(|_| IdentityError::BadSignature(what))
+    key.verify_strict(msg, sig)
+        .map_err(|_| IdentityError::BadSignature(what))
 }
 
 /// Fills 32 bytes from a cryptographic RNG into a zeroizing buffer.
@@ -87,13 +90,20 @@ impl DhSecret {
 
 impl Clone for DhSecret {
     fn clone(&self) -> Self {
-        Self { secret: self.secret.clone(), public: self.public }
+        Self {
+            secret: self.secret.clone(),
+            public: self.public,
+        }
     }
 }
 
 impl fmt::Debug for DhSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DhSecret(public: {})", hex_short(self.public_key().as_bytes()))
+        write!(
+            f,
+            "DhSecret(public: {})",
+            hex_short(self.public_key().as_bytes())
+        )
     }
 }
 
@@ -135,7 +145,11 @@ impl Clone for SigningSecret {
 
 impl fmt::Debug for SigningSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SigningSecret(public: {})", hex_short(self.verifying_key().as_bytes()))
+        write!(
+            f,
+            "SigningSecret(public: {})",
+            hex_short(self.verifying_key().as_bytes())
+        )
     }
 }
 

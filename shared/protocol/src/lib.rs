@@ -37,9 +37,7 @@ pub use crate::{
     },
     keys::{verifying_key, x25519_public_key, DhSecret, SigningSecret},
     message::{pairwise_message_kind, PairwiseMessageKind, PREKEY_TYPE, WHISPER_TYPE},
-    prekey::{
-        OneTimePreKeyPublic, PreKeyBundle, PreKeyStore, SignedPreKey, SignedPreKeyPublic,
-    },
+    prekey::{OneTimePreKeyPublic, PreKeyBundle, PreKeyStore, SignedPreKey, SignedPreKeyPublic},
     session::{Decrypted, PeerSessions},
 };
 

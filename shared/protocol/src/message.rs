@@ -56,17 +56,28 @@ impl<'a> WhisperMessage<'a> {
         let mut r = Reader::new(bytes, "Whisper message");
         let t = r.u8()?;
         if t != WHISPER_TYPE {
-            return Err(DecodeError::UnknownType { what: "Whisper message", found: t });
+            return Err(DecodeError::UnknownType {
+                what: "Whisper message",
+                found: t,
+            });
         }
         let header_bytes = r.array::<40>()?;
         let mut h = Reader::new(&header_bytes, "Whisper header");
-        let header = Header { dh: h.array()?, pn: h.u32()?, n: h.u32()? };
+        let header = Header {
+            dh: h.array()?,
+            pn: h.u32()?,
+            n: h.u32()?,
+        };
         x25519_public_key(&header.dh)
             .map_err(|_| r.invalid("the ratchet key is not a canonical X25519 key"))?;
         if r.remaining() < TAG_LEN {
             return Err(r.invalid("the ciphertext is shorter than an AES-GCM tag"));
         }
-        Ok(Self { header, header_bytes, ciphertext: r.rest() })
+        Ok(Self {
+            header,
+            header_bytes,
+            ciphertext: r.rest(),
+        })
     }
 }
 
@@ -89,7 +100,9 @@ impl<'a> PreKeyMessage<'a> {
         whisper: &[u8],
     ) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u8(PREKEY_TYPE).put(&identity.to_bytes()).put(base_key.as_bytes());
+        w.u8(PREKEY_TYPE)
+            .put(&identity.to_bytes())
+            .put(base_key.as_bytes());
         w.u32(spk_id).u32(opk_id).put(whisper);
         w.finish().to_vec()
     }
@@ -98,7 +111,10 @@ impl<'a> PreKeyMessage<'a> {
         let mut r = Reader::new(bytes, "PreKey message");
         let t = r.u8()?;
         if t != PREKEY_TYPE {
-            return Err(DecodeError::UnknownType { what: "PreKey message", found: t });
+            return Err(DecodeError::UnknownType {
+                what: "PreKey message",
+                found: t,
+            });
         }
         let identity = DeviceIdentityPublic::from_bytes(&r.array::<64>()?)
             .map_err(|_| r.invalid("the sender's identity keys are not valid public keys"))?;
@@ -106,7 +122,13 @@ impl<'a> PreKeyMessage<'a> {
             .map_err(|_| r.invalid("the ephemeral key is not a canonical X25519 key"))?;
         let spk_id = r.u32()?;
         let opk_id = r.u32()?;
-        Ok(Self { identity, base_key, spk_id, opk_id, whisper: r.rest() })
+        Ok(Self {
+            identity,
+            base_key,
+            spk_id,
+            opk_id,
+            whisper: r.rest(),
+        })
     }
 }
 
@@ -124,7 +146,13 @@ pub fn pairwise_message_kind(bytes: &[u8]) -> Result<PairwiseMessageKind, Decode
     match bytes.first() {
         Some(&WHISPER_TYPE) => Ok(PairwiseMessageKind::Whisper),
         Some(&PREKEY_TYPE) => Ok(PairwiseMessageKind::PreKey),
-        Some(&found) => Err(DecodeError::UnknownType { what: "pairwise message", found }),
-        None => Err(DecodeError::Truncated { what: "pairwise message", needed: 1 }),
+        Some(&found) => Err(DecodeError::UnknownType {
+            what: "pairwise message",
+            found,
+        }),
+        None => Err(DecodeError::Truncated {
+            what: "pairwise message",
+            needed: 1,
+        }),
     }
 }

@@ -48,7 +48,12 @@ impl SignedPreKeyPublic {
 
 impl fmt::Debug for SignedPreKeyPublic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SignedPreKeyPublic(id: {}, key: {})", self.id, hex_short(self.key.as_bytes()))
+        write!(
+            f,
+            "SignedPreKeyPublic(id: {}, key: {})",
+            self.id,
+            hex_short(self.key.as_bytes())
+        )
     }
 }
 
@@ -80,7 +85,11 @@ impl SignedPreKey {
     ) -> Self {
         let key = secret.public_key();
         let signature = identity.sign(&spk_message(id, &key));
-        Self { public: SignedPreKeyPublic { id, key, signature }, secret, created_ms }
+        Self {
+            public: SignedPreKeyPublic { id, key, signature },
+            secret,
+            created_ms,
+        }
     }
 
     /// The public half to upload.
@@ -105,7 +114,9 @@ impl SignedPreKey {
 
 impl fmt::Debug for SignedPreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SignedPreKey").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("SignedPreKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,7 +131,12 @@ pub struct OneTimePreKeyPublic {
 
 impl fmt::Debug for OneTimePreKeyPublic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OneTimePreKeyPublic(id: {}, key: {})", self.id, hex_short(self.key.as_bytes()))
+        write!(
+            f,
+            "OneTimePreKeyPublic(id: {}, key: {})",
+            self.id,
+            hex_short(self.key.as_bytes())
+        )
     }
 }
 
@@ -166,16 +182,26 @@ impl PreKeyStore {
         for s in &mut self.signed {
             s.replaced_ms.get_or_insert(now_ms);
         }
-        self.signed.push(StoredSignedPreKey { prekey, replaced_ms: None });
+        self.signed.push(StoredSignedPreKey {
+            prekey,
+            replaced_ms: None,
+        });
     }
 
     /// The signed prekey to publish.
     pub fn current_signed_prekey(&self) -> Option<&SignedPreKey> {
-        self.signed.iter().rev().find(|s| s.replaced_ms.is_none()).map(|s| &s.prekey)
+        self.signed
+            .iter()
+            .rev()
+            .find(|s| s.replaced_ms.is_none())
+            .map(|s| &s.prekey)
     }
 
     pub(crate) fn signed_prekey(&self, id: u32) -> Option<&SignedPreKey> {
-        self.signed.iter().find(|s| s.prekey.id() == id).map(|s| &s.prekey)
+        self.signed
+            .iter()
+            .find(|s| s.prekey.id() == id)
+            .map(|s| &s.prekey)
     }
 
     /// Makes `count` one-time prekeys with ids continuing after the last one made.
@@ -186,10 +212,15 @@ impl PreKeyStore {
     ) -> Vec<OneTimePreKeyPublic> {
         let mut out = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let Some(id) = self.next_one_time_id.checked_add(1) else { break };
+            let Some(id) = self.next_one_time_id.checked_add(1) else {
+                break;
+            };
             self.next_one_time_id = id;
             let secret = DhSecret::generate(rng);
-            out.push(OneTimePreKeyPublic { id, key: secret.public_key() });
+            out.push(OneTimePreKeyPublic {
+                id,
+                key: secret.public_key(),
+            });
             self.one_time.insert(id, secret);
         }
         out
@@ -205,7 +236,9 @@ impl PreKeyStore {
     }
 
     pub(crate) fn was_used(&self, spk_id: u32, base_key: &[u8; 32]) -> bool {
-        self.used_bases.iter().any(|(s, k)| *s == spk_id && k == base_key)
+        self.used_bases
+            .iter()
+            .any(|(s, k)| *s == spk_id && k == base_key)
     }
 
     /// Records that a PreKey message built a session: remembers `(spk_id, EK_A)` and deletes the
@@ -219,10 +252,15 @@ impl PreKeyStore {
     /// `(spk_id, EK_A)` pairs remembered for them.
     pub fn prune(&mut self, now_ms: u64) {
         let expired = |s: &StoredSignedPreKey| {
-            s.replaced_ms.is_some_and(|r| now_ms.saturating_sub(r) > SIGNED_PREKEY_KEEP_MS)
+            s.replaced_ms
+                .is_some_and(|r| now_ms.saturating_sub(r) > SIGNED_PREKEY_KEEP_MS)
         };
-        let gone: Vec<u32> =
-            self.signed.iter().filter(|s| expired(s)).map(|s| s.prekey.id()).collect();
+        let gone: Vec<u32> = self
+            .signed
+            .iter()
+            .filter(|s| expired(s))
+            .map(|s| s.prekey.id())
+            .collect();
         self.signed.retain(|s| !expired(s));
         self.used_bases.retain(|(id, _)| !gone.contains(id));
     }
@@ -233,8 +271,12 @@ impl PreKeyStore {
         w.u8(PREKEY_STORE_VERSION).u32(self.signed.len() as u32);
         for s in &self.signed {
             let p = &s.prekey;
-            w.u32(p.id()).put(p.secret.to_bytes().as_ref()).put(&p.public.signature.to_bytes());
-            w.u64(p.created_ms).bool(s.replaced_ms.is_some()).u64(s.replaced_ms.unwrap_or(0));
+            w.u32(p.id())
+                .put(p.secret.to_bytes().as_ref())
+                .put(&p.public.signature.to_bytes());
+            w.u64(p.created_ms)
+                .bool(s.replaced_ms.is_some())
+                .u64(s.replaced_ms.unwrap_or(0));
         }
         w.u32(self.next_one_time_id).u32(self.one_time.len() as u32);
         for (id, secret) in &self.one_time {
@@ -259,16 +301,26 @@ impl PreKeyStore {
             let created_ms = r.u64()?;
             let replaced = r.bool()?;
             let replaced_ms = r.u64()?;
-            let public = SignedPreKeyPublic { id, key: secret.public_key(), signature };
+            let public = SignedPreKeyPublic {
+                id,
+                key: secret.public_key(),
+                signature,
+            };
             store.signed.push(StoredSignedPreKey {
-                prekey: SignedPreKey { public, secret, created_ms },
+                prekey: SignedPreKey {
+                    public,
+                    secret,
+                    created_ms,
+                },
                 replaced_ms: replaced.then_some(replaced_ms),
             });
         }
         store.next_one_time_id = r.u32()?;
         for _ in 0..r.count(MAX_STORED)? {
             let id = r.u32()?;
-            store.one_time.insert(id, DhSecret::from_bytes(&*r.secret::<32>()?));
+            store
+                .one_time
+                .insert(id, DhSecret::from_bytes(&*r.secret::<32>()?));
         }
         for _ in 0..r.count(MAX_STORED)? {
             store.used_bases.push((r.u32()?, r.array::<32>()?));
@@ -281,7 +333,14 @@ impl PreKeyStore {
 impl fmt::Debug for PreKeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PreKeyStore")
-            .field("signed_prekeys", &self.signed.iter().map(|s| s.prekey.id()).collect::<Vec<_>>())
+            .field(
+                "signed_prekeys",
+                &self
+                    .signed
+                    .iter()
+                    .map(|s| s.prekey.id())
+                    .collect::<Vec<_>>(),
+            )
             .field("one_time_prekeys", &self.one_time.len())
             .field("used_bases", &self.used_bases.len())
             .finish()

@@ -68,7 +68,9 @@ pub(crate) fn seal(key: &[u8; 32], nonce: &[u8; 12], pt: &[u8], ad: &[u8]) -> Ve
     let cipher = Aes256Gcm::new(key.into());
     // Encryption fails only for plaintexts beyond GCM's 64 GiB limit, far above every caller's
     // bound (content is at most 96 KiB, a segment 64 KiB).
-    cipher.encrypt(nonce.into(), Payload { msg: pt, aad: ad }).unwrap_or_default()
+    cipher
+        .encrypt(nonce.into(), Payload { msg: pt, aad: ad })
+        .unwrap_or_default()
 }
 
 /// The AEAD tag did not verify: the ciphertext, key, nonce or associated data is wrong.
@@ -118,7 +120,10 @@ mod tests {
     fn all_zero_dh_is_refused() {
         let secret = StaticSecret::from([7u8; 32]);
         // The identity point (u = 0) and u = 1 have small order: every result is zero.
-        assert_eq!(dh(&secret, &PublicKey::from([0u8; 32])), Err(NonContributory));
+        assert_eq!(
+            dh(&secret, &PublicKey::from([0u8; 32])),
+            Err(NonContributory)
+        );
         let mut one = [0u8; 32];
         one[0] = 1;
         assert_eq!(dh(&secret, &PublicKey::from(one)), Err(NonContributory));
@@ -141,7 +146,10 @@ mod tests {
         let key = [1u8; 32];
         let nonce = [2u8; 12];
         let mut ct = seal(&key, &nonce, b"hello", b"ad");
-        assert_eq!(open(&key, &nonce, &ct, b"ad").map(|p| p.to_vec()), Ok(b"hello".to_vec()));
+        assert_eq!(
+            open(&key, &nonce, &ct, b"ad").map(|p| p.to_vec()),
+            Ok(b"hello".to_vec())
+        );
         assert_eq!(open(&key, &nonce, &ct, b"ax"), Err(OpenFailed));
         ct[0] ^= 1;
         assert_eq!(open(&key, &nonce, &ct, b"ad"), Err(OpenFailed));

@@ -88,7 +88,10 @@ impl Session {
 
     fn write(&self, w: &mut Writer) {
         w.put(&self.base_key).bool(self.pending.is_some());
-        let p = self.pending.unwrap_or(PendingPreKey { spk_id: 0, opk_id: 0 });
+        let p = self.pending.unwrap_or(PendingPreKey {
+            spk_id: 0,
+            opk_id: 0,
+        });
         w.u32(p.spk_id).u32(p.opk_id);
         self.ratchet.write(w);
     }
@@ -96,9 +99,16 @@ impl Session {
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let base_key = r.array::<32>()?;
         let has_pending = r.bool()?;
-        let p = PendingPreKey { spk_id: r.u32()?, opk_id: r.u32()? };
+        let p = PendingPreKey {
+            spk_id: r.u32()?,
+            opk_id: r.u32()?,
+        };
         let ratchet = Ratchet::read(r)?;
-        Ok(Self { base_key, pending: has_pending.then_some(p), ratchet })
+        Ok(Self {
+            base_key,
+            pending: has_pending.then_some(p),
+            ratchet,
+        })
     }
 }
 
@@ -191,7 +201,10 @@ impl PeerSessions {
     /// Encrypts on the current session: a PreKey message until a reply was decrypted, a
     /// Whisper message after. Persist [`PeerSessions::to_bytes`] before sending the result.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
-        self.sessions.first_mut().ok_or(SessionError::NoSession)?.encrypt(plaintext)
+        self.sessions
+            .first_mut()
+            .ok_or(SessionError::NoSession)?
+            .encrypt(plaintext)
     }
 
     /// Decrypts a PreKey or Whisper message from the peer device whose certified identity keys
@@ -265,7 +278,11 @@ impl PeerSessions {
         {
             let plaintext = self.sessions[i].decrypt(rng, msg.whisper)?;
             self.promote(i);
-            return Ok(Decrypted { plaintext, new_session: false, consumed_one_time_prekey: None });
+            return Ok(Decrypted {
+                plaintext,
+                new_session: false,
+                consumed_one_time_prekey: None,
+            });
         }
         if prekeys.was_used(msg.spk_id, &base_key) {
             return Err(SessionError::PreKeyReuse);
@@ -276,7 +293,9 @@ impl PeerSessions {
         let opk = match msg.opk_id {
             0 => None,
             id => Some(
-                prekeys.one_time_prekey(id).ok_or(SessionError::UnknownOneTimePreKey(id))?,
+                prekeys
+                    .one_time_prekey(id)
+                    .ok_or(SessionError::UnknownOneTimePreKey(id))?,
             ),
         };
         let secret = x3dh::respond(own, spk.secret(), opk, &msg.identity, &msg.base_key)?;

@@ -52,7 +52,9 @@ pub(crate) fn initiate(
     let dh1 = dh_checked(&own.dh, signed_prekey, "signed prekey")?;
     let dh2 = dh_checked(ephemeral, &peer.dh, "identity key")?;
     let dh3 = dh_checked(ephemeral, signed_prekey, "signed prekey")?;
-    let dh4 = one_time_prekey.map(|k| dh_checked(ephemeral, k, "one-time prekey")).transpose()?;
+    let dh4 = one_time_prekey
+        .map(|k| dh_checked(ephemeral, k, "one-time prekey"))
+        .transpose()?;
     let mut parts = vec![&*dh1, &*dh2, &*dh3];
     if let Some(d) = &dh4 {
         parts.push(d);
@@ -71,7 +73,9 @@ pub(crate) fn respond(
     let dh1 = dh_checked(signed_prekey, &peer.dh, "identity key")?;
     let dh2 = dh_checked(&own.dh, ephemeral, "ephemeral key")?;
     let dh3 = dh_checked(signed_prekey, ephemeral, "ephemeral key")?;
-    let dh4 = one_time_prekey.map(|k| dh_checked(k, ephemeral, "ephemeral key")).transpose()?;
+    let dh4 = one_time_prekey
+        .map(|k| dh_checked(k, ephemeral, "ephemeral key"))
+        .transpose()?;
     let mut parts = vec![&*dh1, &*dh2, &*dh3];
     if let Some(d) = &dh4 {
         parts.push(d);

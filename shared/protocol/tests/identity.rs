@@ -20,7 +20,16 @@ fn user_and_device_ids_are_validated() {
     for ok in ["abc", "a.b-c_d", "0123456789abcdefghijklmnopqrstuv"] {
         assert!(UserId::new(ok).is_ok(), "{ok}");
     }
-    for bad in ["ab", "", "Alice", "al ice", "alice!", "ålice", "0123456789abcdefghijklmnopqrstuvw", "../x"] {
+    for bad in [
+        "ab",
+        "",
+        "Alice",
+        "al ice",
+        "alice!",
+        "ålice",
+        "0123456789abcdefghijklmnopqrstuvw",
+        "../x",
+    ] {
         assert_eq!(UserId::new(bad), Err(IdentityError::InvalidUserId), "{bad}");
     }
     assert_eq!(DeviceId::new(0), Err(IdentityError::InvalidDeviceId));
@@ -50,7 +59,12 @@ fn certificate_verifies_only_under_its_account_key_and_resists_tampering() {
 fn revocation_and_rotation_round_trip_and_verify() {
     let ak = AccountKey::generate(&mut OsRng);
     let dev = DeviceIdentity::generate(&mut OsRng);
-    let rev = ak.revoke(&alice(), DeviceId::new(9).unwrap(), &dev.public().signing, 5);
+    let rev = ak.revoke(
+        &alice(),
+        DeviceId::new(9).unwrap(),
+        &dev.public().signing,
+        5,
+    );
     rev.verify(&ak.public_key()).unwrap();
     assert_eq!(Revocation::from_bytes(&rev.to_bytes()).unwrap(), rev);
     let ak2 = AccountKey::generate(&mut OsRng);
@@ -74,14 +88,25 @@ fn account_chain_follows_rotations_and_refuses_unreached_keys() {
     let r23 = k2.rotate_to(&u, &k3.public_key(), 2);
 
     // Pinned k1, server says k3, with both rotations (in any order): accepted, rotated.
-    let chain =
-        AccountChain::verify(&u, &k1.public_key(), &k3.public_key(), &[r23.clone(), r12.clone()], &[])
-            .unwrap();
+    let chain = AccountChain::verify(
+        &u,
+        &k1.public_key(),
+        &k3.public_key(),
+        &[r23.clone(), r12.clone()],
+        &[],
+    )
+    .unwrap();
     assert_eq!(chain.latest(), &k3.public_key());
     assert!(chain.rotated());
 
     // Without the middle rotation, k3 is not reached: a key change the user must accept.
-    let e = AccountChain::verify(&u, &k1.public_key(), &k3.public_key(), &[r23.clone()], &[]);
+    let e = AccountChain::verify(
+        &u,
+        &k1.public_key(),
+        &k3.public_key(),
+        std::slice::from_ref(&r23),
+        &[],
+    );
     assert!(matches!(e, Err(IdentityError::AccountKeyChanged(_))));
 
     // A rotation signed by a stranger is ignored.
@@ -93,7 +118,13 @@ fn account_chain_follows_rotations_and_refuses_unreached_keys() {
 
     // Two different rotations under the same key: refuse the account.
     let fork = k1.rotate_to(&u, &mallory.public_key(), 3);
-    let e = AccountChain::verify(&u, &k1.public_key(), &k2.public_key(), &[r12.clone(), fork], &[]);
+    let e = AccountChain::verify(
+        &u,
+        &k1.public_key(),
+        &k2.public_key(),
+        &[r12.clone(), fork],
+        &[],
+    );
     assert!(matches!(e, Err(IdentityError::ConflictingRotations(_))));
 
     // A rotation for another account does not count.
@@ -114,9 +145,14 @@ fn revocations_count_under_any_key_of_the_chain_and_bad_ones_are_ignored() {
     let rev = k1.revoke(&u, d, &dev.public().signing, 1);
     let stranger = AccountKey::generate(&mut OsRng).revoke(&u, d, &other.public().signing, 1);
     let rot = k1.rotate_to(&u, &k2.public_key(), 2);
-    let chain =
-        AccountChain::verify(&u, &k1.public_key(), &k2.public_key(), &[rot], &[rev, stranger])
-            .unwrap();
+    let chain = AccountChain::verify(
+        &u,
+        &k1.public_key(),
+        &k2.public_key(),
+        &[rot],
+        &[rev, stranger],
+    )
+    .unwrap();
     assert!(chain.is_revoked(d, &dev.public().signing));
     assert!(!chain.is_revoked(d, &other.public().signing));
     // The revoked device stays refused even with a fresh certificate under the new key.
@@ -163,5 +199,8 @@ fn identity_state_round_trip() {
     let back = DeviceIdentity::from_bytes_versioned(&id.to_bytes()).unwrap();
     assert_eq!(back.public(), id.public());
     let ak = AccountKey::generate(&mut OsRng);
-    assert_eq!(AccountKey::from_bytes(&ak.to_bytes()).public_key(), ak.public_key());
+    assert_eq!(
+        AccountKey::from_bytes(&ak.to_bytes()).public_key(),
+        ak.public_key()
+    );
 }

@@ -37,13 +37,20 @@ struct VectorDevice {
 impl VectorDevice {
     fn new(inputs: &Inputs, name: &str, user_id: &str) -> Self {
         let user = user(user_id);
-        let account = AccountKey::from_bytes(&inputs.ed25519(&format!("{name}_account")).to_bytes());
+        let account =
+            AccountKey::from_bytes(&inputs.ed25519(&format!("{name}_account")).to_bytes());
         let iks = inputs.ed25519(&format!("{name}_iks"));
         let ikd = inputs.x25519(&format!("{name}_ikd"));
         let identity = DeviceIdentity::from_bytes(&iks.to_bytes(), &ikd.to_bytes());
         let device_id = DeviceId::new(inputs.u32(&format!("{name}_device_id"))).unwrap();
         let cert = account.certify(&user, device_id, &identity.public(), CREATED_MS);
-        Self { user, device_id, account, identity, cert }
+        Self {
+            user,
+            device_id,
+            account,
+            identity,
+            cert,
+        }
     }
 
     fn iks(&self) -> [u8; 32] {
@@ -80,13 +87,18 @@ fn identity_vectors() {
     cert_msg.extend_from_slice(&CREATED_MS.to_be_bytes());
     assert_eq!(alice.cert.message(), cert_msg);
     verify_ed25519(&ak, &cert_msg, &alice.cert.signature);
-    assert_eq!(DeviceCertificate::from_bytes(&alice.cert.to_bytes()).unwrap(), alice.cert);
+    assert_eq!(
+        DeviceCertificate::from_bytes(&alice.cert.to_bytes()).unwrap(),
+        alice.cert
+    );
 
     // Revocation of a second device.
     let iks2 = inputs.ed25519("alice_device2_iks");
     let device2 = DeviceId::new(inputs.u32("alice_device2_id")).unwrap();
     let revoked_ms = CREATED_MS + 86_400_000;
-    let rev = alice.account.revoke(&alice.user, device2, &iks2.verifying_key(), revoked_ms);
+    let rev = alice
+        .account
+        .revoke(&alice.user, device2, &iks2.verifying_key(), revoked_ms);
     let mut rev_msg = b"cipherpost/device-revoke/v1".to_vec();
     rev_msg.extend_from_slice(&5u16.to_be_bytes());
     rev_msg.extend_from_slice(b"alice");
@@ -99,7 +111,9 @@ fn identity_vectors() {
 
     // Rotation to a new account key, and the certificate re-issued under it.
     let new_account = AccountKey::from_bytes(&inputs.ed25519("alice_account_2").to_bytes());
-    let rot = alice.account.rotate_to(&alice.user, &new_account.public_key(), revoked_ms);
+    let rot = alice
+        .account
+        .rotate_to(&alice.user, &new_account.public_key(), revoked_ms);
     let mut rot_msg = b"cipherpost/account-key-rotate/v1".to_vec();
     rot_msg.extend_from_slice(&5u16.to_be_bytes());
     rot_msg.extend_from_slice(b"alice");
@@ -109,22 +123,29 @@ fn identity_vectors() {
     assert_eq!(rot.message(), rot_msg);
     verify_ed25519(&ak, &rot_msg, &rot.signature);
     assert_eq!(Rotation::from_bytes(&rot.to_bytes()).unwrap(), rot);
-    let recert =
-        new_account.certify(&alice.user, alice.device_id, &alice.identity.public(), revoked_ms);
+    let recert = new_account.certify(
+        &alice.user,
+        alice.device_id,
+        &alice.identity.public(),
+        revoked_ms,
+    );
 
     // What a contact that pinned the old key concludes.
     let chain = AccountChain::verify(
         &alice.user,
         &ak,
         &new_account.public_key(),
-        &[rot.clone()],
-        &[rev.clone()],
+        std::slice::from_ref(&rot),
+        std::slice::from_ref(&rev),
     )
     .unwrap();
     assert!(chain.rotated());
     assert!(chain.is_revoked(device2, &iks2.verifying_key()));
     chain.verify_device(&recert).unwrap();
-    assert!(chain.verify_device(&alice.cert).is_err(), "old certificate is under the old key");
+    assert!(
+        chain.verify_device(&alice.cert).is_err(),
+        "old certificate is under the old key"
+    );
 
     let value = json!({
         "inputs": inputs.to_json(),
@@ -191,7 +212,14 @@ fn fingerprint_vectors() {
     let sn = SafetyNumber::new((&bob, &bob_ak), (&alice, &alice_ak));
     assert_eq!(sn, SafetyNumber::new((&alice, &alice_ak), (&bob, &bob_ak)));
     assert_eq!(sn.digits().len(), 60);
-    assert_eq!(sn.digits(), format!("{}{}", cases[0]["digits"].as_str().unwrap(), cases[1]["digits"].as_str().unwrap()));
+    assert_eq!(
+        sn.digits(),
+        format!(
+            "{}{}",
+            cases[0]["digits"].as_str().unwrap(),
+            cases[1]["digits"].as_str().unwrap()
+        )
+    );
     let value = json!({
         "inputs": inputs.to_json(),
         "fingerprints": cases,
@@ -213,7 +241,13 @@ struct Setup {
     record: Value,
 }
 
-fn setup(inputs: &Inputs, case: &str, with_opk: bool, alice_steps: usize, bob_steps: usize) -> Setup {
+fn setup(
+    inputs: &Inputs,
+    case: &str,
+    with_opk: bool,
+    alice_steps: usize,
+    bob_steps: usize,
+) -> Setup {
     let alice = VectorDevice::new(inputs, "alice", "alice");
     let bob = VectorDevice::new(inputs, "bob", "bob");
     let spk_id = inputs.u32("bob_spk_id");
@@ -226,7 +260,11 @@ fn setup(inputs: &Inputs, case: &str, with_opk: bool, alice_steps: usize, bob_st
         let mut rng = inputs.rng(&[("bob_opk", Kind::X25519)]);
         bob_prekeys.generate_one_time_prekeys(&mut rng, 1)[0]
     });
-    let bundle = PreKeyBundle { certificate: bob.cert.clone(), signed_prekey: spk.public(), one_time_prekey: opk };
+    let bundle = PreKeyBundle {
+        certificate: bob.cert.clone(),
+        signed_prekey: spk.public(),
+        one_time_prekey: opk,
+    };
 
     let ek_name = format!("{case}/alice_ek");
     let mut a_script = vec![(ek_name.clone(), Kind::X25519)];
@@ -236,7 +274,8 @@ fn setup(inputs: &Inputs, case: &str, with_opk: bool, alice_steps: usize, bob_st
     let a_script: Vec<(&str, Kind)> = a_script.iter().map(|(n, k)| (n.as_str(), *k)).collect();
     let mut a_rng = inputs.rng(&a_script[..2]);
     let mut a2b = PeerSessions::new();
-    a2b.initiate(&mut a_rng, &alice.identity, &bob.chain(), &bundle).unwrap();
+    a2b.initiate(&mut a_rng, &alice.identity, &bob.chain(), &bundle)
+        .unwrap();
     assert_eq!(a_rng.remaining(), 0);
 
     // The reference X3DH.
@@ -253,7 +292,9 @@ fn setup(inputs: &Inputs, case: &str, with_opk: bool, alice_steps: usize, bob_st
     if let Some(d) = dh4 {
         ikm.extend_from_slice(&d);
     }
-    let sk: [u8; 32] = re::hkdf(&[0u8; 32], &ikm, b"cipherpost/x3dh/v1", 32).try_into().unwrap();
+    let sk: [u8; 32] = re::hkdf(&[0u8; 32], &ikm, b"cipherpost/x3dh/v1", 32)
+        .try_into()
+        .unwrap();
     let mut ad = [0u8; 128];
     ad[..32].copy_from_slice(&alice.iks());
     ad[32..64].copy_from_slice(&alice.ikd());
@@ -261,10 +302,14 @@ fn setup(inputs: &Inputs, case: &str, with_opk: bool, alice_steps: usize, bob_st
     ad[96..].copy_from_slice(&bob.ikd());
     let dhs0 = seed(&format!("{case}/alice_ratchet_0"));
     let mut ref_a = RefRatchet::initiator(sk, ad, dhs0, spk_pub);
-    ref_a.next_keys = (1..alice_steps).map(|i| seed(&format!("{case}/alice_ratchet_{i}"))).collect();
+    ref_a.next_keys = (1..alice_steps)
+        .map(|i| seed(&format!("{case}/alice_ratchet_{i}")))
+        .collect();
     let (rk0, cks0) = (ref_a.rk, ref_a.cks.unwrap());
     let mut ref_b = RefRatchet::responder(sk, ad, *spk_bytes);
-    ref_b.next_keys = (1..=bob_steps).map(|i| seed(&format!("{case}/bob_ratchet_{i}"))).collect();
+    ref_b.next_keys = (1..=bob_steps)
+        .map(|i| seed(&format!("{case}/bob_ratchet_{i}")))
+        .collect();
 
     let record = json!({
         "alice": {"user_id": "alice", "device_id": alice.device_id.get(), "certificate": hx(alice.cert.to_bytes())},
@@ -282,7 +327,16 @@ fn setup(inputs: &Inputs, case: &str, with_opk: bool, alice_steps: usize, bob_st
         "ad": hx(ad),
         "initiator_ratchet": {"dhs_pub": hx(re::x25519_pub(&dhs0)), "rk": hx(rk0), "cks": hx(cks0)},
     });
-    Setup { alice, bob, bob_prekeys, a2b, b2a: PeerSessions::new(), ref_a, ref_b, record }
+    Setup {
+        alice,
+        bob,
+        bob_prekeys,
+        a2b,
+        b2a: PeerSessions::new(),
+        ref_a,
+        ref_b,
+        record,
+    }
 }
 
 fn message_json(m: &re::RefMessage, from: &str, pt: &[u8], wire: &[u8]) -> Value {
@@ -332,13 +386,23 @@ fn x3dh_vectors() {
         let mut b_rng = inputs.rng(&[(&bob_step, Kind::X25519)]);
         let d = s
             .b2a
-            .decrypt(&mut b_rng, &s.bob.identity, &mut s.bob_prekeys, &s.alice.identity.public(), &wire)
+            .decrypt(
+                &mut b_rng,
+                &s.bob.identity,
+                &mut s.bob_prekeys,
+                &s.alice.identity.public(),
+                &wire,
+            )
             .unwrap();
         assert_eq!(&d.plaintext[..], pt);
         s.ref_b.received(m.header[..32].try_into().unwrap());
         let reply = s.b2a.encrypt(b"hi alice").unwrap();
         let rm = s.ref_b.send(b"hi alice");
-        assert_eq!(hx(&reply), hx(&rm.wire), "{case}: responder's first message");
+        assert_eq!(
+            hx(&reply),
+            hx(&rm.wire),
+            "{case}: responder's first message"
+        );
         let mut rec = s.record.clone();
         rec["first_message"] = message_json(&m, "alice", pt, &wire);
         let (rk, ckr, cks) = s.ref_b.steps[0];
@@ -346,7 +410,10 @@ fn x3dh_vectors() {
         rec["reply"] = message_json(&rm, "bob", b"hi alice", &reply);
         cases.insert(case.to_string(), rec);
     }
-    check_vectors("x3dh.json", &json!({"inputs": inputs.to_json(), "cases": cases}));
+    check_vectors(
+        "x3dh.json",
+        &json!({"inputs": inputs.to_json(), "cases": cases}),
+    );
 }
 
 #[test]
@@ -354,10 +421,22 @@ fn ratchet_vectors() {
     let inputs = Inputs::new();
     let case = "ratchet";
     let mut s = setup(&inputs, case, true, 3, 3);
-    let a_names: Vec<String> = (1..3).map(|i| format!("{case}/alice_ratchet_{i}")).collect();
+    let a_names: Vec<String> = (1..3)
+        .map(|i| format!("{case}/alice_ratchet_{i}"))
+        .collect();
     let b_names: Vec<String> = (1..=3).map(|i| format!("{case}/bob_ratchet_{i}")).collect();
-    let mut a_rng = inputs.rng(&a_names.iter().map(|n| (n.as_str(), Kind::X25519)).collect::<Vec<_>>());
-    let mut b_rng = inputs.rng(&b_names.iter().map(|n| (n.as_str(), Kind::X25519)).collect::<Vec<_>>());
+    let mut a_rng = inputs.rng(
+        &a_names
+            .iter()
+            .map(|n| (n.as_str(), Kind::X25519))
+            .collect::<Vec<_>>(),
+    );
+    let mut b_rng = inputs.rng(
+        &b_names
+            .iter()
+            .map(|n| (n.as_str(), Kind::X25519))
+            .collect::<Vec<_>>(),
+    );
 
     // (sender is alice, plaintext) for messages 0..10, sent in this order, and the deliveries.
     enum Ev {
@@ -365,10 +444,30 @@ fn ratchet_vectors() {
         Deliver(usize),
     }
     use Ev::{Deliver as D, Send as S};
-    let from_alice = [true, true, true, false, false, true, false, false, false, true];
+    let from_alice = [
+        true, true, true, false, false, true, false, false, false, true,
+    ];
     let script = [
-        S(0), S(1), S(2), D(0), D(2), S(3), S(4), D(4), S(5), D(5), D(1), S(6), S(7), S(8),
-        D(8), D(6), D(3), D(7), S(9), D(9),
+        S(0),
+        S(1),
+        S(2),
+        D(0),
+        D(2),
+        S(3),
+        S(4),
+        D(4),
+        S(5),
+        D(5),
+        D(1),
+        S(6),
+        S(7),
+        S(8),
+        D(8),
+        D(6),
+        D(3),
+        D(7),
+        S(9),
+        D(9),
     ];
     let ek_pub = re::x25519_pub(&seed(&format!("{case}/alice_ek")));
     let (spk_id, opk_id) = (
@@ -399,31 +498,61 @@ fn ratchet_vectors() {
                     assert_eq!(hx(&w), hx(&m.wire), "message {i}");
                     (w, m)
                 };
-                let mut j = message_json(&m, if from_alice[i] { "alice" } else { "bob" }, pt.as_bytes(), &wire);
+                let mut j = message_json(
+                    &m,
+                    if from_alice[i] { "alice" } else { "bob" },
+                    pt.as_bytes(),
+                    &wire,
+                );
                 j["n"] = json!(u32::from_be_bytes(m.header[36..40].try_into().unwrap()));
                 j["pn"] = json!(u32::from_be_bytes(m.header[32..36].try_into().unwrap()));
                 messages[i] = j;
                 wires[i] = wire;
             }
             D(i) => {
-                let dh: [u8; 32] = messages[i]["header"].as_str().map(|h| hex::decode(h).unwrap()[..32].try_into().unwrap()).unwrap();
+                let dh: [u8; 32] = messages[i]["header"]
+                    .as_str()
+                    .map(|h| hex::decode(h).unwrap()[..32].try_into().unwrap())
+                    .unwrap();
                 let got = if from_alice[i] {
                     s.ref_b.received(dh);
-                    s.b2a.decrypt(&mut b_rng, &s.bob.identity, &mut s.bob_prekeys, &s.alice.identity.public(), &wires[i])
+                    s.b2a.decrypt(
+                        &mut b_rng,
+                        &s.bob.identity,
+                        &mut s.bob_prekeys,
+                        &s.alice.identity.public(),
+                        &wires[i],
+                    )
                 } else {
                     alice_heard_back = true;
                     s.ref_a.received(dh);
-                    s.a2b.decrypt(&mut a_rng, &s.alice.identity, &mut PreKeyStore::new(), &s.bob.identity.public(), &wires[i])
+                    s.a2b.decrypt(
+                        &mut a_rng,
+                        &s.alice.identity,
+                        &mut PreKeyStore::new(),
+                        &s.bob.identity.public(),
+                        &wires[i],
+                    )
                 }
                 .unwrap();
-                assert_eq!(String::from_utf8(got.plaintext.to_vec()).unwrap(), format!("message {i}"));
+                assert_eq!(
+                    String::from_utf8(got.plaintext.to_vec()).unwrap(),
+                    format!("message {i}")
+                );
                 deliveries.push(i);
             }
         }
     }
-    assert_eq!(a_rng.remaining() + b_rng.remaining(), 0, "every scripted ratchet key was used");
+    assert_eq!(
+        a_rng.remaining() + b_rng.remaining(),
+        0,
+        "every scripted ratchet key was used"
+    );
     let steps = |r: &RefRatchet| -> Vec<Value> {
-        r.steps.iter().map(|(rk, ckr, cks)| json!({"rk": hx(rk), "ckr": hx(ckr), "cks": hx(cks)})).collect()
+        r.steps
+            .iter()
+            .map(|(rk, ckr, cks)| json!({"rk": hx(rk), "ckr": hx(ckr), "cks": hx(cks)}))
+            .collect()
     };
     let value = json!({
         "inputs": inputs.to_json(),

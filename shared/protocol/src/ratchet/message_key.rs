@@ -26,7 +26,11 @@ impl MessageKey {
     }
 
     /// The matching `OPEN`.
-    pub(super) fn open(&self, ciphertext: &[u8], ad: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenFailed> {
+    pub(super) fn open(
+        &self,
+        ciphertext: &[u8],
+        ad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, OpenFailed> {
         let k = kn(self.0.as_slice(), LABEL_RATCHET_MSG);
         open(&k.key, &k.nonce, ciphertext, ad)
     }

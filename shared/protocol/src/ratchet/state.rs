@@ -98,10 +98,14 @@ impl Ratchet {
     /// Returns the Whisper message bytes.
     pub(crate) fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
         let cks = self.cks.as_ref().ok_or(SessionError::NotYetReceived)?;
-        if self.ns >= CHAIN_EXHAUSTED {
+        if self.ns == CHAIN_EXHAUSTED {
             return Err(SessionError::ChainExhausted);
         }
-        let header = Header { dh: self.dhs.public_key().to_bytes(), pn: self.pn, n: self.ns };
+        let header = Header {
+            dh: self.dhs.public_key().to_bytes(),
+            pn: self.pn,
+            n: self.ns,
+        };
         let (next, mk) = cks.step();
         let ct = mk.seal(plaintext, &self.associated_data(&header.to_bytes()));
         self.cks = Some(next);
@@ -157,8 +161,18 @@ impl Ratchet {
         check_skip(u64::from(h.n) - u64::from(self.nr))?;
         let mut new_skipped = Vec::new();
         let (ckr, mk) = skip_to(ckr.clone(), self.nr, h.n, h.dh, &mut new_skipped);
-        let pt = mk.open(msg.ciphertext, ad).map_err(|_| SessionError::DecryptionFailed)?;
-        Ok((Commit { step: None, ckr, nr: next_n(h.n)?, new_skipped }, pt))
+        let pt = mk
+            .open(msg.ciphertext, ad)
+            .map_err(|_| SessionError::DecryptionFailed)?;
+        Ok((
+            Commit {
+                step: None,
+                ckr,
+                nr: next_n(h.n)?,
+                new_skipped,
+            },
+            pt,
+        ))
     }
 
     fn open_after_step(
@@ -182,10 +196,20 @@ impl Ratchet {
         let dhr = PublicKey::from(h.dh);
         let (root, ckr) = self.root.advance(&*ratchet_dh(&self.dhs, &dhr)?);
         let (ckr, mk) = skip_to(ckr, 0, h.n, h.dh, &mut new_skipped);
-        let pt = mk.open(msg.ciphertext, ad).map_err(|_| SessionError::DecryptionFailed)?;
+        let pt = mk
+            .open(msg.ciphertext, ad)
+            .map_err(|_| SessionError::DecryptionFailed)?;
         let dhs = DhSecret::generate(rng);
         let (root, cks) = root.advance(&*ratchet_dh(&dhs, &dhr)?);
-        Ok((Commit { step: Some((root, dhr, dhs, cks)), ckr, nr: next_n(h.n)?, new_skipped }, pt))
+        Ok((
+            Commit {
+                step: Some((root, dhr, dhs, cks)),
+                ckr,
+                nr: next_n(h.n)?,
+                new_skipped,
+            },
+            pt,
+        ))
     }
 
     fn apply(&mut self, c: Commit) {
@@ -209,7 +233,9 @@ impl Ratchet {
 
     /// The versioned persistence body (the caller writes the version byte).
     pub(crate) fn write(&self, w: &mut Writer) {
-        w.put(&self.ad).put(self.root.bytes()).put(self.dhs.to_bytes().as_ref());
+        w.put(&self.ad)
+            .put(self.root.bytes())
+            .put(self.dhs.to_bytes().as_ref());
         write_opt(w, self.dhr.as_ref().map(|k| k.as_bytes()));
         write_opt(w, self.cks.as_ref().map(ChainKey::bytes));
         w.u32(self.ns);
@@ -235,9 +261,24 @@ impl Ratchet {
         for _ in 0..count {
             let dh = r.array::<32>()?;
             let n = r.u32()?;
-            skipped.push_back(SkippedKey { dh, n, key: MessageKey::from_bytes(*r.secret::<32>()?) });
+            skipped.push_back(SkippedKey {
+                dh,
+                n,
+                key: MessageKey::from_bytes(*r.secret::<32>()?),
+            });
         }
-        Ok(Self { ad, root, dhs, dhr, cks, ns, ckr, nr, pn, skipped })
+        Ok(Self {
+            ad,
+            root,
+            dhs,
+            dhr,
+            cks,
+            ns,
+            ckr,
+            nr,
+            pn,
+            skipped,
+        })
     }
 
     /// `(Ns, Nr, PN)` and the number of stored skipped keys, for diagnostics and tests.
@@ -253,7 +294,10 @@ fn next_n(n: u32) -> Result<u32, SessionError> {
 
 fn check_skip(skip: u64) -> Result<(), SessionError> {
     if skip > u64::from(MAX_SKIP) {
-        return Err(SessionError::TooManySkipped { skip, max: MAX_SKIP });
+        return Err(SessionError::TooManySkipped {
+            skip,
+            max: MAX_SKIP,
+        });
     }
     Ok(())
 }

@@ -32,7 +32,14 @@ impl TestDevice {
             SignedPreKey::generate(&mut OsRng, &identity, 1, 1_700_000_000_000),
             1_700_000_000_000,
         );
-        Self { user, device_id, account, identity, cert, prekeys }
+        Self {
+            user,
+            device_id,
+            account,
+            identity,
+            cert,
+            prekeys,
+        }
     }
 
     /// A bundle as the server would hand it out, with one fresh one-time prekey or none.

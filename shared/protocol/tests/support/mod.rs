@@ -38,7 +38,9 @@ impl Inputs {
     pub fn x25519(&self, name: &str) -> DhSecret {
         let s = seed(name);
         let key = DhSecret::from_bytes(&s);
-        self.push(json!({"name": name, "private": hx(s), "public": hx(key.public_key().as_bytes())}));
+        self.push(
+            json!({"name": name, "private": hx(s), "public": hx(key.public_key().as_bytes())}),
+        );
         key
     }
 
@@ -126,7 +128,10 @@ impl RngCore for ScriptedRng {
         u64::from_be_bytes(b)
     }
     fn fill_bytes(&mut self, dest: &mut [u8]) {
-        let (name, kind) = self.script.pop_front().expect("the code drew an unscripted input");
+        let (name, kind) = self
+            .script
+            .pop_front()
+            .expect("the code drew an unscripted input");
         match kind {
             Kind::X25519 => {
                 assert_eq!(dest.len(), 32);
@@ -153,14 +158,19 @@ impl CryptoRng for ScriptedRng {}
 /// Compares a recomputed vector file with the stored one in `tests/vectors/`, failing on any
 /// difference. `CIPHERPOST_WRITE_VECTORS=1` (re)writes the file instead.
 pub fn check_vectors(file: &str, value: &Value) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(file);
     let text = serde_json::to_string_pretty(value).expect("json") + "\n";
     if std::env::var("CIPHERPOST_WRITE_VECTORS").as_deref() == Ok("1") {
         std::fs::write(&path, &text).expect("write vectors");
         return;
     }
     let stored = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; run with CIPHERPOST_WRITE_VECTORS=1 to create it", path.display())
+        panic!(
+            "{}: {e}; run with CIPHERPOST_WRITE_VECTORS=1 to create it",
+            path.display()
+        )
     });
     if stored != text {
         let line = stored

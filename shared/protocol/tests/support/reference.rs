@@ -25,7 +25,9 @@ pub fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
 
 pub fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8], len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    Hkdf::<Sha256>::new(Some(salt), ikm).expand(info, &mut out).unwrap();
+    Hkdf::<Sha256>::new(Some(salt), ikm)
+        .expand(info, &mut out)
+        .unwrap();
     out
 }
 
@@ -36,11 +38,15 @@ pub fn kn(ikm: &[u8], info: &[u8]) -> ([u8; 32], [u8; 12]) {
 }
 
 pub fn seal(key: &[u8; 32], nonce: &[u8; 12], pt: &[u8], ad: &[u8]) -> Vec<u8> {
-    Aes256Gcm::new(key.into()).encrypt(nonce.into(), Payload { msg: pt, aad: ad }).unwrap()
+    Aes256Gcm::new(key.into())
+        .encrypt(nonce.into(), Payload { msg: pt, aad: ad })
+        .unwrap()
 }
 
 pub fn x25519(secret: &[u8; 32], public: &[u8; 32]) -> [u8; 32] {
-    StaticSecret::from(*secret).diffie_hellman(&PublicKey::from(*public)).to_bytes()
+    StaticSecret::from(*secret)
+        .diffie_hellman(&PublicKey::from(*public))
+        .to_bytes()
 }
 
 pub fn x25519_pub(secret: &[u8; 32]) -> [u8; 32] {
@@ -83,11 +89,33 @@ pub struct RefRatchet {
 impl RefRatchet {
     pub fn initiator(sk: [u8; 32], ad: [u8; 128], dhs: [u8; 32], spk: [u8; 32]) -> Self {
         let (rk, cks) = kdf_rk(&sk, &x25519(&dhs, &spk));
-        Self { ad, rk, dhs, dhr: Some(spk), cks: Some(cks), ns: 0, pn: 0, next_keys: vec![], steps: vec![], seen: vec![] }
+        Self {
+            ad,
+            rk,
+            dhs,
+            dhr: Some(spk),
+            cks: Some(cks),
+            ns: 0,
+            pn: 0,
+            next_keys: vec![],
+            steps: vec![],
+            seen: vec![],
+        }
     }
 
     pub fn responder(sk: [u8; 32], ad: [u8; 128], spk_secret: [u8; 32]) -> Self {
-        Self { ad, rk: sk, dhs: spk_secret, dhr: None, cks: None, ns: 0, pn: 0, next_keys: vec![], steps: vec![], seen: vec![] }
+        Self {
+            ad,
+            rk: sk,
+            dhs: spk_secret,
+            dhr: None,
+            cks: None,
+            ns: 0,
+            pn: 0,
+            next_keys: vec![],
+            steps: vec![],
+            seen: vec![],
+        }
     }
 
     /// A message with ratchet key `dh` was received.
@@ -123,6 +151,13 @@ impl RefRatchet {
         let mut wire = vec![0x01];
         wire.extend_from_slice(&header);
         wire.extend_from_slice(&seal(&key, &nonce, pt, &ad));
-        RefMessage { chain_key: ck, message_key: mk, key, nonce, header, wire }
+        RefMessage {
+            chain_key: ck,
+            message_key: mk,
+            key,
+            nonce,
+            header,
+            wire,
+        }
     }
 }
