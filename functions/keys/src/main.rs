@@ -1,0 +1,7 @@
+//! The `keys` Lambda: SDK clients built once, then events served by [`cipherpost_fn_keys::handler`].
+#![recursion_limit = "256"]
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    cipherpost_lambda::run(cipherpost_fn_keys::handler).await
+}

@@ -1,0 +1,7 @@
+//! The `ws-connect` Lambda: SDK clients built once, then events served by [`cipherpost_fn_ws_connect::handler`].
+#![recursion_limit = "256"]
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    cipherpost_lambda::run(cipherpost_fn_ws_connect::handler).await
+}
