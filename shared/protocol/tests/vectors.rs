@@ -36,9 +36,14 @@ struct VectorDevice {
 
 impl VectorDevice {
     fn new(inputs: &Inputs, name: &str, user_id: &str) -> Self {
-        let user = user(user_id);
         let account =
             AccountKey::from_bytes(&inputs.ed25519(&format!("{name}_account")).to_bytes());
+        Self::under(inputs, name, user_id, account)
+    }
+
+    /// A device certified by an existing account key (another device of the same account).
+    fn under(inputs: &Inputs, name: &str, user_id: &str, account: AccountKey) -> Self {
+        let user = user(user_id);
         let iks = inputs.ed25519(&format!("{name}_iks"));
         let ikd = inputs.x25519(&format!("{name}_ikd"));
         let identity = DeviceIdentity::from_bytes(&iks.to_bytes(), &ikd.to_bytes());
@@ -564,4 +569,83 @@ fn ratchet_vectors() {
         "bob_steps": steps(&s.ref_b),
     });
     check_vectors("ratchet.json", &value);
+}
+
+#[test]
+fn body_vectors() {
+    use cipherpost_protocol::{encrypt_body, open_body, pad, MessageId};
+    let inputs = Inputs::new();
+    let alice = VectorDevice::new(&inputs, "alice", "alice");
+    let message_id = MessageId(inputs.array::<16>("message_id"));
+    let content = "a body encrypted once for three devices".as_bytes();
+    let mut rng = inputs.rng(&[("body_key", Kind::Bytes), ("body_nonce", Kind::Bytes)]);
+    let (body, key) = encrypt_body(&mut rng, &message_id, content).unwrap();
+
+    // The reference: n || SEAL(K, n, content_padded, "cipherpost/body/v1" || message_id).
+    let k: [u8; 32] = seed("body_key");
+    let n: [u8; 12] = seed("body_nonce")[..12].try_into().unwrap();
+    let padded = pad(content).unwrap();
+    assert_eq!(padded.len(), 160);
+    let mut ad = b"cipherpost/body/v1".to_vec();
+    ad.extend_from_slice(&message_id.0);
+    let mut expected = n.to_vec();
+    expected.extend_from_slice(&re::seal(&k, &n, &padded, &ad));
+    assert_eq!(hx(&body.bytes), hx(&expected));
+    let digest = re::h(&[&body.bytes]);
+    let mut envelope_plaintext = k.to_vec();
+    envelope_plaintext.extend_from_slice(&digest);
+    assert_eq!(key.envelope_plaintext(&body.bytes).to_vec(), envelope_plaintext);
+
+    // One key envelope per destination device, each over its own new session.
+    let mut devices = Vec::new();
+    for (name, user_id) in [("bob_1", "bob"), ("bob_2", "bob"), ("alice_2", "alice")] {
+        // alice_2 is Alice's other device, certified by her account key.
+        let d = if user_id == "alice" {
+            VectorDevice::under(&inputs, name, user_id, alice.account.clone())
+        } else {
+            VectorDevice::new(&inputs, name, user_id)
+        };
+        let spk_secret = inputs.x25519(&format!("{name}_spk"));
+        let spk = SignedPreKey::from_secret(spk_secret, &d.identity, 1, CREATED_MS);
+        let mut store = PreKeyStore::new();
+        store.add_signed_prekey(spk.clone(), CREATED_MS);
+        let bundle = PreKeyBundle { certificate: d.cert.clone(), signed_prekey: spk.public(), one_time_prekey: None };
+        let chain = d.chain();
+        let (ek, dhs) = (format!("body/{name}/alice_ek"), format!("body/{name}/alice_ratchet_0"));
+        let mut a_rng = inputs.rng(&[(&ek, Kind::X25519), (&dhs, Kind::X25519)]);
+        let mut session = PeerSessions::new();
+        session.initiate(&mut a_rng, &alice.identity, &chain, &bundle).unwrap();
+        let envelope = session.encrypt(&key.envelope_plaintext(&body.bytes)[..]).unwrap();
+        // The device opens its envelope, then the body.
+        let mut b_rng = inputs.rng(&[(&format!("body/{name}/ratchet_1"), Kind::X25519)]);
+        let opened = PeerSessions::new()
+            .decrypt(&mut b_rng, &d.identity, &mut store, &alice.identity.public(), &envelope)
+            .unwrap();
+        assert_eq!(opened.plaintext.to_vec(), envelope_plaintext);
+        let got = open_body(&opened.plaintext, &body.bytes, &message_id).unwrap();
+        assert_eq!(&got[..], content);
+        devices.push(json!({
+            "name": name,
+            "user_id": user_id,
+            "device_id": d.device_id.get(),
+            "certificate": hx(d.cert.to_bytes()),
+            "spk_id": 1,
+            "spk_pub": hx(spk.public().key.to_bytes()),
+            "spk_sig": hx(spk.public().signature.to_bytes()),
+            "envelope": hx(&envelope),
+        }));
+    }
+    let value = json!({
+        "inputs": inputs.to_json(),
+        "sender": {"user_id": "alice", "device_id": alice.device_id.get()},
+        "message_id": hx(message_id.0),
+        "content": String::from_utf8_lossy(content),
+        "content_padded": hx(&padded[..]),
+        "body_ad": hx(&ad),
+        "body": hx(&body.bytes),
+        "body_digest": hx(digest),
+        "envelope_plaintext": hx(&envelope_plaintext),
+        "devices": devices,
+    });
+    check_vectors("body.json", &value);
 }
