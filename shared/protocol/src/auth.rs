@@ -4,9 +4,15 @@
 //! Authorization: CipherPost-Ed25519 user=<user_id>,device=<decimal>,ts=<decimal>,sig=<b64>
 //! sig = SIG(IKs, "cipherpost/request/v1\n" || user_id || "\n" || decimal(device_id) || "\n" ||
 //!                METHOD || "\n" || PATH_AND_QUERY || "\n" || decimal(ts) || "\n" || hex(H(body)))
+//!
+//! connect query: user=<user_id>&device=<decimal>&ts=<decimal>&nonce=<b64>&sig=<b64>
+//! sig = SIG(IKs, "cipherpost/connect/v1\n" || user_id || "\n" || decimal(device_id) || "\n" ||
+//!                decimal(ts) || "\n" || nonce_b64)
 //! ```
-//! The replay memory (accepted `(device, sig)` and connect nonces for 10 minutes) is the
-//! server's; this module makes and checks the signatures and the time window.
+//! Parsing is strict: one encoding per value (fixed field order, no spaces, decimals without
+//! leading zeros, canonical unpadded base64url), so a signature or nonce cannot be replayed
+//! under a second spelling. The replay memory (accepted `(device, sig)` and connect nonces for
+//! 10 minutes) is the server's; this module makes and checks the signatures and the time window.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -19,9 +25,16 @@ use crate::{
     primitives::sha256,
 };
 
+/// The `Authorization` scheme and the one space that follows it.
 const SCHEME: &str = "CipherPost-Ed25519 ";
+const REQUEST_FIELDS: [&str; 4] = ["user", "device", "ts", "sig"];
+const CONNECT_FIELDS: [&str; 5] = ["user", "device", "ts", "nonce", "sig"];
+const REQUEST_ORDER: &str = "the fields must be exactly user, device, ts and sig, in this order";
+const CONNECT_ORDER: &str =
+    "the parameters must be exactly user, device, ts, nonce and sig, in this order";
 
-/// The bytes a request signature covers.
+/// The bytes a request signature covers. `method` and `path_and_query` are taken as given;
+/// [`RequestAuth::verify`] refuses a method that is not upper-case or a path not from `/v1/`.
 pub fn request_signing_message(
     user_id: &UserId,
     device_id: DeviceId,
@@ -46,7 +59,7 @@ pub fn request_signing_message(
     m
 }
 
-/// The bytes a connect signature covers; `nonce_b64` is the nonce's b64 text.
+/// The bytes a connect signature covers; `nonce_b64` is the nonce's b64 text as sent.
 pub fn connect_signing_message(
     user_id: &UserId,
     device_id: DeviceId,
@@ -66,60 +79,7 @@ pub fn connect_signing_message(
     m
 }
 
-fn check_method(method: &str) -> Result<(), AuthError> {
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(AuthError::Malformed(
-            "the method must be upper-case letters",
-        ));
-    }
-    Ok(())
-}
-
-fn check_window(ts_ms: u64, now_ms: u64) -> Result<(), AuthError> {
-    let skew_ms = ts_ms.abs_diff(now_ms);
-    if skew_ms > MAX_CLOCK_SKEW_MS {
-        return Err(AuthError::Expired { skew_ms });
-    }
-    Ok(())
-}
-
-/// A decimal without sign, leading zeros or spaces.
-fn decimal<T: std::str::FromStr>(s: &str, what: &'static str) -> Result<T, AuthError> {
-    let canonical =
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
-    if !canonical {
-        return Err(AuthError::Malformed(what));
-    }
-    s.parse().map_err(|_| AuthError::Malformed(what))
-}
-
-fn signature(s: &str) -> Result<Signature, AuthError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| AuthError::Malformed("sig is not unpadded base64url"))?;
-    let arr: [u8; 64] = bytes
-        .try_into()
-        .map_err(|_| AuthError::Malformed("sig must decode to 64 bytes"))?;
-    Ok(Signature::from_bytes(&arr))
-}
-
-/// Splits `k1=v1<sep>k2=v2...` and checks the keys are exactly `keys`, in order.
-fn fields<'a>(s: &'a str, sep: char, keys: &[&str]) -> Result<Vec<&'a str>, AuthError> {
-    let parts: Vec<&str> = s.split(sep).collect();
-    if parts.len() != keys.len() {
-        return Err(AuthError::Malformed("wrong number of fields"));
-    }
-    parts
-        .iter()
-        .zip(keys)
-        .map(|(p, k)| match p.split_once('=') {
-            Some((name, value)) if name == *k && !value.is_empty() => Ok(value),
-            _ => Err(AuthError::Malformed("fields must be user, device, ts, then sig (nonce before sig for connect), in that order")),
-        })
-        .collect()
-}
-
-/// A parsed or freshly made request signature.
+/// A signed request: the parsed or freshly made `Authorization` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestAuth {
     /// The signing device's account.
@@ -128,12 +88,15 @@ pub struct RequestAuth {
     pub device_id: DeviceId,
     /// The signed time (Unix ms).
     pub ts_ms: u64,
-    /// `SIG(IKs, message)`.
+    /// `SIG(IKs, message)`; the server's replay memory keys on it.
     pub signature: Signature,
 }
 
 impl RequestAuth {
-    /// Signs a request.
+    /// Signs a request. `method` is the upper-case HTTP method, `path_and_query` the request
+    /// target from `/v1/` on (no stage or base-path prefix; the query as sent, no `?` when
+    /// empty), `body` the bytes as sent (empty when none). Anything else signs a request that
+    /// [`RequestAuth::verify`] refuses.
     pub fn sign(
         identity: &DeviceIdentity,
         user_id: &UserId,
@@ -152,7 +115,7 @@ impl RequestAuth {
         }
     }
 
-    /// The `Authorization` header value.
+    /// The `Authorization` header value (without the `Authorization: ` name).
     pub fn to_header(&self) -> String {
         format!(
             "{SCHEME}user={},device={},ts={},sig={}",
@@ -163,25 +126,29 @@ impl RequestAuth {
         )
     }
 
-    /// Parses an `Authorization` header value strictly: the scheme, then exactly `user`,
-    /// `device`, `ts`, `sig` in this order, no spaces, canonical decimals.
+    /// Parses an `Authorization` header value strictly: the scheme and one space, then exactly
+    /// `user`, `device`, `ts`, `sig` in this order, separated by `,` without spaces; canonical
+    /// decimals; a valid user id and non-zero device id; `sig` the unpadded base64url of 64
+    /// bytes. Every refusal is [`AuthError::Malformed`] saying what was wrong.
     pub fn parse_header(header: &str) -> Result<Self, AuthError> {
         let rest = header.strip_prefix(SCHEME).ok_or(AuthError::Malformed(
-            "the scheme must be CipherPost-Ed25519",
+            "it must start with \"CipherPost-Ed25519 \"",
         ))?;
-        if rest.contains(' ') {
-            return Err(AuthError::Malformed("no spaces are allowed between fields"));
-        }
-        let f = fields(rest, ',', &["user", "device", "ts", "sig"])?;
-        Ok(Self {
-            user_id: UserId::new(f[0])?,
-            device_id: DeviceId::new(decimal(f[1], "device must be a decimal number")?)?,
-            ts_ms: decimal(f[2], "ts must be a decimal number of milliseconds")?,
-            signature: signature(f[3])?,
-        })
+        let parse = || -> Result<Self, &'static str> {
+            let [user, device, ts, sig] = fields(rest, ',', REQUEST_FIELDS, REQUEST_ORDER)?;
+            Ok(Self {
+                user_id: user_id(user)?,
+                device_id: device_id(device)?,
+                ts_ms: timestamp(ts)?,
+                signature: signature(sig)?,
+            })
+        };
+        parse().map_err(AuthError::Malformed)
     }
 
-    /// Checks the time window and the signature under the device's `IKs.pub`.
+    /// Checks the request the server received against this header: `method` upper-case
+    /// letters, `path_and_query` from `/v1/` on, `|now_ms - ts| <= 300000`, then the signature
+    /// under the device's `IKs.pub` with `verify_strict`. Replays are the caller's to refuse.
     pub fn verify(
         &self,
         signing_key: &VerifyingKey,
@@ -191,6 +158,7 @@ impl RequestAuth {
         now_ms: u64,
     ) -> Result<(), AuthError> {
         check_method(method)?;
+        check_path(path_and_query)?;
         check_window(self.ts_ms, now_ms)?;
         let msg = request_signing_message(
             &self.user_id,
@@ -206,7 +174,7 @@ impl RequestAuth {
     }
 }
 
-/// A parsed or freshly made WebSocket connect signature.
+/// A signed WebSocket connect: the parsed or freshly made query string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectAuth {
     /// The connecting device's account.
@@ -215,14 +183,14 @@ pub struct ConnectAuth {
     pub device_id: DeviceId,
     /// The signed time (Unix ms).
     pub ts_ms: u64,
-    /// 16 random bytes, refused by the server when seen in the last 10 minutes.
+    /// 16 random bytes; the server refuses a `(device, nonce)` seen in the last 10 minutes.
     pub nonce: [u8; 16],
     /// `SIG(IKs, message)`.
     pub signature: Signature,
 }
 
 impl ConnectAuth {
-    /// Signs a connect with a fresh nonce from `rng`.
+    /// Signs a connect with a fresh 16-byte nonce drawn from `rng`.
     pub fn sign(
         rng: &mut (impl RngCore + CryptoRng),
         identity: &DeviceIdentity,
@@ -235,7 +203,7 @@ impl ConnectAuth {
         Self::sign_with_nonce(identity, user_id, device_id, ts_ms, nonce)
     }
 
-    /// Signs a connect with the given nonce (test vectors).
+    /// Signs a connect with the given nonce (test vectors; a nonce must never be reused).
     pub fn sign_with_nonce(
         identity: &DeviceIdentity,
         user_id: &UserId,
@@ -254,7 +222,8 @@ impl ConnectAuth {
         }
     }
 
-    /// The query string: `user=..&device=..&ts=..&nonce=..&sig=..`, no percent-encoding.
+    /// The query string (without `?`): `user=..&device=..&ts=..&nonce=..&sig=..`; every value
+    /// is URL-safe, so there is no percent-encoding.
     pub fn to_query(&self) -> String {
         format!(
             "user={}&device={}&ts={}&nonce={}&sig={}",
@@ -266,26 +235,25 @@ impl ConnectAuth {
         )
     }
 
-    /// Parses the query string strictly (the five parameters, in order).
+    /// Parses the query string (without `?`) strictly: exactly `user`, `device`, `ts`, `nonce`,
+    /// `sig` in this order, no percent-encoding, canonical decimals and base64url (`nonce` 16
+    /// bytes, `sig` 64). Every refusal is [`AuthError::MalformedQuery`].
     pub fn parse_query(query: &str) -> Result<Self, AuthError> {
-        let f = fields(query, '&', &["user", "device", "ts", "nonce", "sig"])?;
-        let nonce: [u8; 16] = URL_SAFE_NO_PAD
-            .decode(f[3])
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(AuthError::Malformed(
-                "nonce must be 16 bytes of unpadded base64url",
-            ))?;
-        Ok(Self {
-            user_id: UserId::new(f[0])?,
-            device_id: DeviceId::new(decimal(f[1], "device must be a decimal number")?)?,
-            ts_ms: decimal(f[2], "ts must be a decimal number of milliseconds")?,
-            nonce,
-            signature: signature(f[4])?,
-        })
+        let parse = || -> Result<Self, &'static str> {
+            let [user, device, ts, nonce, sig] = fields(query, '&', CONNECT_FIELDS, CONNECT_ORDER)?;
+            Ok(Self {
+                user_id: user_id(user)?,
+                device_id: device_id(device)?,
+                ts_ms: timestamp(ts)?,
+                nonce: b64_array(nonce, "nonce must be 16 bytes of unpadded base64url")?,
+                signature: signature(sig)?,
+            })
+        };
+        parse().map_err(AuthError::MalformedQuery)
     }
 
-    /// Checks the time window and the signature under the device's `IKs.pub`.
+    /// Checks `|now_ms - ts| <= 300000` and the signature under the device's `IKs.pub` with
+    /// `verify_strict`. Refusing a repeated nonce is the caller's job.
     pub fn verify(&self, signing_key: &VerifyingKey, now_ms: u64) -> Result<(), AuthError> {
         check_window(self.ts_ms, now_ms)?;
         let msg = connect_signing_message(
@@ -298,4 +266,106 @@ impl ConnectAuth {
             .verify_strict(&msg, &self.signature)
             .map_err(|_| AuthError::BadSignature)
     }
+}
+
+fn check_method(method: &str) -> Result<(), AuthError> {
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(AuthError::InvalidRequest(
+            "the method must be upper-case ASCII letters",
+        ));
+    }
+    Ok(())
+}
+
+/// A request target from `/v1/` on, in visible ASCII (no spaces or line breaks, which would
+/// also make the signed message ambiguous).
+fn check_path(path_and_query: &str) -> Result<(), AuthError> {
+    if !path_and_query.starts_with("/v1/") {
+        return Err(AuthError::InvalidRequest(
+            "the path must start with /v1/ (no API stage or base-path prefix)",
+        ));
+    }
+    if !path_and_query.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AuthError::InvalidRequest(
+            "the path and query must be visible ASCII, percent-encoded as sent",
+        ));
+    }
+    Ok(())
+}
+
+fn check_window(ts_ms: u64, now_ms: u64) -> Result<(), AuthError> {
+    let skew_ms = ts_ms.abs_diff(now_ms);
+    if skew_ms > MAX_CLOCK_SKEW_MS {
+        return Err(AuthError::Expired { skew_ms });
+    }
+    Ok(())
+}
+
+/// Splits `k1=v1<sep>k2=v2...` and checks the names are exactly `names`, in order, each with a
+/// non-empty value.
+fn fields<'a, const N: usize>(
+    s: &'a str,
+    sep: char,
+    names: [&'static str; N],
+    order: &'static str,
+) -> Result<[&'a str; N], &'static str> {
+    if s.contains(' ') {
+        return Err("no spaces are allowed");
+    }
+    let mut out = [""; N];
+    let mut parts = s.split(sep);
+    for (slot, name) in out.iter_mut().zip(names) {
+        let part = parts.next().ok_or(order)?;
+        let value = part
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+            .ok_or(order)?;
+        if value.is_empty() {
+            return Err("a field has an empty value");
+        }
+        *slot = value;
+    }
+    if parts.next().is_some() {
+        return Err(order);
+    }
+    Ok(out)
+}
+
+/// A decimal without sign, spaces or leading zeros.
+fn decimal<T: std::str::FromStr>(s: &str, what: &'static str) -> Result<T, &'static str> {
+    let canonical = s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    if !canonical {
+        return Err(what);
+    }
+    s.parse().map_err(|_| what)
+}
+
+fn user_id(s: &str) -> Result<UserId, &'static str> {
+    UserId::new(s).map_err(|_| "user must be 3 to 32 characters of a-z, 0-9, '.', '_' or '-'")
+}
+
+fn device_id(s: &str) -> Result<DeviceId, &'static str> {
+    const WHAT: &str = "device must be a non-zero 32-bit decimal number without leading zeros";
+    DeviceId::new(decimal(s, WHAT)?).map_err(|_| WHAT)
+}
+
+fn timestamp(s: &str) -> Result<u64, &'static str> {
+    decimal(
+        s,
+        "ts must be a 64-bit decimal number of milliseconds without leading zeros",
+    )
+}
+
+fn signature(s: &str) -> Result<Signature, &'static str> {
+    b64_array(s, "sig must be 64 bytes of unpadded base64url").map(|b| Signature::from_bytes(&b))
+}
+
+/// Canonical unpadded base64url of exactly `N` bytes (the engine refuses padding and non-zero
+/// trailing bits, so each value has one spelling).
+fn b64_array<const N: usize>(s: &str, what: &'static str) -> Result<[u8; N], &'static str> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(what)
 }

@@ -199,13 +199,15 @@ pub enum SenderKeyError {
     ChainExhausted,
 }
 
-/// An attachment object could not be encrypted or was refused while decrypting.
+/// An attachment object could not be encrypted or was refused while decrypting. After an error
+/// while decrypting, whatever was written to the output must be discarded.
 #[derive(Debug, Error)]
 pub enum AttachmentError {
     /// Reading the input or writing the output failed.
     #[error("attachment I/O failed: {0}")]
     Io(#[from] std::io::Error),
-    /// The object's length does not fit the declared size.
+    /// The object's length does not fit the declared size (known upfront, or the stream ended
+    /// early).
     #[error("the attachment object is {actual} bytes; {expected} were expected for {size} bytes of content")]
     WrongLength {
         /// Declared plaintext size.
@@ -215,18 +217,24 @@ pub enum AttachmentError {
         /// Actual object length.
         actual: u64,
     },
+    /// The object continues after its last segment.
+    #[error("the attachment object is longer than the {expected} bytes expected for {size} bytes of content")]
+    TrailingBytes {
+        /// Declared plaintext size.
+        size: u64,
+        /// Expected object length.
+        expected: u64,
+    },
     /// The object's SHA-256 differs from the pointer's digest.
     #[error("the attachment digest does not match: the object was changed or swapped")]
     DigestMismatch,
-    /// A segment did not authenticate (tampered, reordered or truncated object).
-    #[error(
-        "attachment segment {0} does not decrypt: the object was changed, reordered or truncated"
-    )]
+    /// A segment did not authenticate.
+    #[error("attachment segment {0} does not decrypt: the object was changed, reordered, truncated or swapped, or the key is wrong")]
     BadSegment(u64),
-    /// The declared size is larger than the limit.
+    /// The size is larger than the limit.
     #[error("the attachment is {size} bytes; at most {max} are allowed")]
     TooLarge {
-        /// Declared size.
+        /// Declared (or, while encrypting, read so far) size.
         size: u64,
         /// The limit.
         max: u64,
@@ -239,9 +247,15 @@ pub enum AuthError {
     /// The `Authorization` header is malformed.
     #[error("malformed Authorization header: {0}")]
     Malformed(&'static str),
+    /// The WebSocket connect query string is malformed.
+    #[error("malformed connect query: {0}")]
+    MalformedQuery(&'static str),
+    /// The method or path handed to the verifier cannot have been signed.
+    #[error("the request cannot be verified: {0}")]
+    InvalidRequest(&'static str),
     /// The signed time is more than 5 minutes from the server's clock.
     #[error(
-        "the request time is {skew_ms} ms away from the server clock; at most 300000 are allowed"
+        "the signed time is {skew_ms} ms away from the server clock; at most 300000 ms are allowed"
     )]
     Expired {
         /// Absolute difference in milliseconds.
@@ -250,7 +264,4 @@ pub enum AuthError {
     /// The signature does not verify under the device's identity key.
     #[error("the request signature does not verify")]
     BadSignature,
-    /// A user or device id in the request is invalid.
-    #[error(transparent)]
-    Identity(#[from] IdentityError),
 }

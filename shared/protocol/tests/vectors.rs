@@ -594,7 +594,10 @@ fn body_vectors() {
     let digest = re::h(&[&body.bytes]);
     let mut envelope_plaintext = k.to_vec();
     envelope_plaintext.extend_from_slice(&digest);
-    assert_eq!(key.envelope_plaintext(&body.bytes).to_vec(), envelope_plaintext);
+    assert_eq!(
+        key.envelope_plaintext(&body.bytes).to_vec(),
+        envelope_plaintext
+    );
 
     // One key envelope per destination device, each over its own new session.
     let mut devices = Vec::new();
@@ -609,17 +612,34 @@ fn body_vectors() {
         let spk = SignedPreKey::from_secret(spk_secret, &d.identity, 1, CREATED_MS);
         let mut store = PreKeyStore::new();
         store.add_signed_prekey(spk.clone(), CREATED_MS);
-        let bundle = PreKeyBundle { certificate: d.cert.clone(), signed_prekey: spk.public(), one_time_prekey: None };
+        let bundle = PreKeyBundle {
+            certificate: d.cert.clone(),
+            signed_prekey: spk.public(),
+            one_time_prekey: None,
+        };
         let chain = d.chain();
-        let (ek, dhs) = (format!("body/{name}/alice_ek"), format!("body/{name}/alice_ratchet_0"));
+        let (ek, dhs) = (
+            format!("body/{name}/alice_ek"),
+            format!("body/{name}/alice_ratchet_0"),
+        );
         let mut a_rng = inputs.rng(&[(&ek, Kind::X25519), (&dhs, Kind::X25519)]);
         let mut session = PeerSessions::new();
-        session.initiate(&mut a_rng, &alice.identity, &chain, &bundle).unwrap();
-        let envelope = session.encrypt(&key.envelope_plaintext(&body.bytes)[..]).unwrap();
+        session
+            .initiate(&mut a_rng, &alice.identity, &chain, &bundle)
+            .unwrap();
+        let envelope = session
+            .encrypt(&key.envelope_plaintext(&body.bytes)[..])
+            .unwrap();
         // The device opens its envelope, then the body.
         let mut b_rng = inputs.rng(&[(&format!("body/{name}/ratchet_1"), Kind::X25519)]);
         let opened = PeerSessions::new()
-            .decrypt(&mut b_rng, &d.identity, &mut store, &alice.identity.public(), &envelope)
+            .decrypt(
+                &mut b_rng,
+                &d.identity,
+                &mut store,
+                &alice.identity.public(),
+                &envelope,
+            )
             .unwrap();
         assert_eq!(opened.plaintext.to_vec(), envelope_plaintext);
         let got = open_body(&opened.plaintext, &body.bytes, &message_id).unwrap();
