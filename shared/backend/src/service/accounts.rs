@@ -1,6 +1,8 @@
 //! `register`: create an account, link a device, revoke a device.
 
-use cipherpost_protocol::{verifying_key, DeviceId, Revocation, Rotation, UserId};
+use cipherpost_protocol::{
+    verifying_key, DeviceCertificate, DeviceId, Revocation, Rotation, UserId,
+};
 use serde_json::json;
 
 use super::{certificate, one_time_prekeys, signed_prekey};
@@ -197,9 +199,12 @@ impl Backend {
         now: u64,
     ) -> Result<HttpResponse, ApiError> {
         let user = user_id(user)?;
-        let device_id = device
-            .parse::<u32>()
-            .ok()
+        let canonical = !device.is_empty()
+            && device.bytes().all(|b| b.is_ascii_digit())
+            && !device.starts_with('0');
+        let device_id = canonical
+            .then(|| device.parse::<u32>().ok())
+            .flatten()
             .and_then(|d| DeviceId::new(d).ok())
             .ok_or_else(|| {
                 ApiError::bad_request(
@@ -265,7 +270,9 @@ impl Backend {
                     "a certificate names a device that is not a remaining active device",
                 ));
             };
-            let stored = certificate(&d.certificate)?;
+            let stored = DeviceCertificate::from_bytes(&d.certificate).map_err(|_| {
+                ApiError::new(500, "internal", "a stored device certificate is malformed")
+            })?;
             if cert.user_id != user || cert.identity != stored.identity {
                 return Err(bad(
                     "a certificate changes a device's account or identity keys",

@@ -106,6 +106,12 @@ impl Backend {
         // The addressed devices: every active device of `to` and of the sender, but the sender.
         let mut devices = self.store.list_devices(to.as_str()).await?;
         if to.as_str() != caller.user {
+            if !devices.iter().any(|d| d.active) {
+                return Err(ApiError::not_found(
+                    "unknown_user",
+                    format!("no account {to} with active devices"),
+                ));
+            }
             devices.extend(self.store.list_devices(&caller.user).await?);
         }
         let active: Vec<&DeviceRecord> = devices
