@@ -1,7 +1,7 @@
 //! `register`: create an account, link a device, revoke a device.
 
 use cipherpost_protocol::{
-    verifying_key, DeviceCertificate, DeviceId, Revocation, Rotation, UserId,
+    verifying_key, DeviceCertificate, DeviceId, Revocation, Rotation, UserId, VerifyingKey,
 };
 use serde_json::json;
 
@@ -12,7 +12,7 @@ use crate::{
         NewDevice, RevokeDeviceRequest, B64,
     },
     auth,
-    store::{device_key, DeviceRecord, StoreError},
+    store::{device_key, AccountRecord, DeviceRecord, StoreError},
     ApiError, Backend, HttpRequest, HttpResponse,
 };
 
@@ -40,6 +40,38 @@ impl Backend {
             Ok(r) => r,
             Err(e) => e.into(),
         }
+    }
+
+    /// Authenticates a request that only a device of `user` may make (`what` it may do).
+    async fn authenticate_member(
+        &self,
+        req: &HttpRequest,
+        user: &UserId,
+        now: u64,
+        what: &str,
+    ) -> Result<crate::auth::Caller, ApiError> {
+        let caller = self.authenticate(req, now).await?;
+        if caller.user != user.as_str() {
+            return Err(ApiError::forbidden(format!(
+                "only a device of the account can {what}"
+            )));
+        }
+        Ok(caller)
+    }
+
+    /// The account and its key in force.
+    async fn account_with_key(
+        &self,
+        user: &UserId,
+    ) -> Result<(AccountRecord, VerifyingKey), ApiError> {
+        let account = self
+            .store
+            .get_account(user.as_str())
+            .await?
+            .ok_or_else(|| ApiError::not_found("unknown_user", "no such account"))?;
+        let key = verifying_key(&account.account_key, "account key")
+            .map_err(|_| ApiError::new(500, "internal", "a stored account key is malformed"))?;
+        Ok((account, key))
     }
 
     /// Checks a new device's certificate (under `account_key`, naming `user`) and prekeys.
@@ -134,20 +166,11 @@ impl Backend {
         now: u64,
     ) -> Result<HttpResponse, ApiError> {
         let user = user_id(user)?;
-        let caller = self.authenticate(req, now).await?;
-        if caller.user != user.as_str() {
-            return Err(ApiError::forbidden(
-                "only a device of the account can link a device to it",
-            ));
-        }
+        let caller = self
+            .authenticate_member(req, &user, now, "link a device to it")
+            .await?;
         let body: LinkDeviceRequest = req.json()?;
-        let account = self
-            .store
-            .get_account(user.as_str())
-            .await?
-            .ok_or_else(|| ApiError::not_found("unknown_user", "no such account"))?;
-        let ak = verifying_key(&account.account_key, "account key")
-            .map_err(|_| ApiError::new(500, "internal", "a stored account key is malformed"))?;
+        let (account, ak) = self.account_with_key(&user).await?;
         let (device, opks) = self.new_device(&user, &ak, &body.device)?;
         self.accept_once(&caller, now).await?;
         let max = self.config.limits.max_devices;
@@ -212,20 +235,11 @@ impl Backend {
                     "the device id must be a non-zero 32-bit number",
                 )
             })?;
-        let caller = self.authenticate(req, now).await?;
-        if caller.user != user.as_str() {
-            return Err(ApiError::forbidden(
-                "only a device of the account can revoke its devices",
-            ));
-        }
+        let caller = self
+            .authenticate_member(req, &user, now, "revoke its devices")
+            .await?;
         let body: RevokeDeviceRequest = req.json()?;
-        let account = self
-            .store
-            .get_account(user.as_str())
-            .await?
-            .ok_or_else(|| ApiError::not_found("unknown_user", "no such account"))?;
-        let old_key = verifying_key(&account.account_key, "account key")
-            .map_err(|_| ApiError::new(500, "internal", "a stored account key is malformed"))?;
+        let (account, old_key) = self.account_with_key(&user).await?;
         let devices = self.store.list_devices(user.as_str()).await?;
         let target = devices
             .iter()
