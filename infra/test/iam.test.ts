@@ -1,0 +1,113 @@
+// What each function may do, stated here once more by hand: a permission added to the stack (an
+// action, a table, a management API method, a wider resource) fails this test until it is
+// written down here too, on purpose. Derivation: infra/lib/functions.ts.
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { FUNCTIONS } from '../lib/functions';
+import { permissionsOf, resources, synth } from './helpers';
+
+const s = synth();
+
+const CONNECTIONS = (method: string) =>
+  `arn:\${AWS::Partition}:execute-api:\${AWS::Region}:\${AWS::AccountId}:WebSocketApi/prod/${method}/@connections/*`;
+
+const logs = (fn: string) => ({ [`logs:${fn}`]: ['logs:CreateLogStream', 'logs:PutLogEvents'] });
+
+/** resource -> actions, per function. */
+const EXPECTED: Record<string, Record<string, string[]>> = {
+  register: {
+    ...logs('register'),
+    'table:accounts': ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'],
+    'table:devices': ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:PutItem', 'dynamodb:UpdateItem'],
+    'table:prekeys': ['dynamodb:PutItem', 'dynamodb:BatchWriteItem', 'dynamodb:Query'],
+    'table:queue': ['dynamodb:Query', 'dynamodb:BatchWriteItem'],
+    'table:replay': ['dynamodb:PutItem'],
+    'table:connections': ['dynamodb:DeleteItem'],
+    [CONNECTIONS('DELETE')]: ['execute-api:ManageConnections'],
+  },
+  keys: {
+    ...logs('keys'),
+    'table:accounts': ['dynamodb:GetItem'],
+    'table:devices': ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
+    'table:prekeys': ['dynamodb:Query', 'dynamodb:DeleteItem', 'dynamodb:BatchWriteItem'],
+    'table:replay': ['dynamodb:PutItem'],
+    'table:connections': ['dynamodb:DeleteItem'],
+    [CONNECTIONS('POST')]: ['execute-api:ManageConnections'],
+  },
+  send: {
+    ...logs('send'),
+    'table:devices': ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
+    'table:sends': ['dynamodb:GetItem', 'dynamodb:PutItem'],
+    'table:queue': ['dynamodb:PutItem'],
+    'table:connections': ['dynamodb:DeleteItem'],
+    [CONNECTIONS('POST')]: ['execute-api:ManageConnections'],
+  },
+  sync: {
+    ...logs('sync'),
+    'table:devices': ['dynamodb:GetItem'],
+    'table:queue': ['dynamodb:Query', 'dynamodb:BatchWriteItem'],
+  },
+  'ws-connect': {
+    ...logs('ws-connect'),
+    'table:devices': ['dynamodb:GetItem', 'dynamodb:UpdateItem'],
+    'table:replay': ['dynamodb:PutItem'],
+    'table:connections': ['dynamodb:PutItem', 'dynamodb:DeleteItem'],
+    [CONNECTIONS('DELETE')]: ['execute-api:ManageConnections'],
+  },
+  'ws-disconnect': {
+    ...logs('ws-disconnect'),
+    'table:connections': ['dynamodb:GetItem', 'dynamodb:DeleteItem'],
+    'table:devices': ['dynamodb:UpdateItem'],
+  },
+};
+
+const pairs = (m: Record<string, string[]>) =>
+  Object.entries(m).flatMap(([res, actions]) => actions.map((a) => `${a} on ${res}`)).sort();
+
+test('every function has an expected permission set, and no other function exists', () => {
+  assert.deepEqual(FUNCTIONS.map((f) => f.name).sort(), Object.keys(EXPECTED).sort());
+});
+
+for (const [fn, expected] of Object.entries(EXPECTED)) {
+  test(`${fn} may do exactly what it needs`, () => {
+    assert.deepEqual(permissionsOf(s, fn), pairs(expected));
+  });
+}
+
+test('one role per function, and no other role or policy in the stack', () => {
+  const roles = resources(s, 'AWS::IAM::Role').map(([lid]) => s.names.get(lid)).sort();
+  assert.deepEqual(roles, Object.keys(EXPECTED).map((f) => `role:${f}`).sort());
+  for (const [lid, p] of resources(s, 'AWS::IAM::Policy')) {
+    assert.equal(p.Properties.Roles.length, 1, `${lid} is attached to one role`);
+  }
+  assert.equal(resources(s, 'AWS::IAM::ManagedPolicy').length, 0);
+  assert.equal(resources(s, 'AWS::IAM::User').length, 0);
+});
+
+test('no wildcard actions, no "*" resources, nothing on the limits table or the bucket', () => {
+  for (const fn of Object.keys(EXPECTED)) {
+    for (const p of permissionsOf(s, fn)) {
+      const [action, resource] = p.split(' on ');
+      assert.ok(!action.includes('*'), `${fn}: ${p}`);
+      assert.notEqual(resource, '*', `${fn}: ${p}`);
+      assert.ok(!resource.startsWith('table:limits'), `${fn}: ${p}`);
+      assert.ok(!resource.startsWith('bucket:'), `${fn}: ${p}`);
+    }
+  }
+});
+
+test('ManageConnections only where a function pushes or closes, on this stage only', () => {
+  const holders = Object.keys(EXPECTED).filter((fn) =>
+    permissionsOf(s, fn).some((p) => p.startsWith('execute-api:')),
+  );
+  assert.deepEqual(holders.sort(), ['keys', 'register', 'send', 'ws-connect']);
+});
+
+test('a widened grant is seen: grantReadWriteData, an extra table, a wider management ARN', () => {
+  const rw = synth({}, (st) => st.tables.queue.grantReadWriteData(st.functions.sync));
+  assert.notDeepEqual(permissionsOf(rw, 'sync'), pairs(EXPECTED.sync));
+  const extra = synth({}, (st) => st.tables.limits.grant(st.functions.send, 'dynamodb:GetItem'));
+  assert.notDeepEqual(permissionsOf(extra, 'send'), pairs(EXPECTED.send));
+  const wide = synth({}, (st) => st.webSocketApi.grantManageConnections(st.functions.send));
+  assert.notDeepEqual(permissionsOf(wide, 'send'), pairs(EXPECTED.send));
+});
