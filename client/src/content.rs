@@ -1,0 +1,131 @@
+//! The payload inside an encrypted body (format 1, documented in the crate README): UTF-8 JSON
+//! `{"v": 1, "type": ..., ...}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ClientError;
+
+/// The payload format version this client writes and reads.
+pub const CONTENT_VERSION: u32 = 1;
+
+/// Delivery or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    /// The message reached a device of the recipient.
+    Delivered,
+    /// The recipient read it.
+    Read,
+}
+
+/// A contact handed to a newly linked device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkedContact {
+    /// The account.
+    pub user: String,
+    /// Its pinned account key (b64).
+    pub account_key: String,
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Content {
+    /// A text message. `to` names the conversation, so the sender's own devices file it.
+    Text {
+        /// The recipient account.
+        to: String,
+        /// The text.
+        text: String,
+        /// When it was written (Unix ms, sender's clock).
+        sent_ms: u64,
+    },
+    /// Delivery or read receipts for messages of the receiving account.
+    Receipt {
+        /// Delivered or read.
+        kind: ReceiptKind,
+        /// Message ids (hex).
+        message_ids: Vec<String>,
+    },
+    /// To one's own devices: these messages of `conversation` were read here.
+    ReadSync {
+        /// The conversation (contact user id).
+        conversation: String,
+        /// Message ids (hex).
+        message_ids: Vec<String>,
+    },
+    /// A typing indicator (sent ephemeral, never stored).
+    Typing {
+        /// True while typing.
+        typing: bool,
+    },
+    /// To one's own devices, from the device that approved a link: the account key, the new
+    /// device's certificate and the contacts.
+    DeviceLink {
+        /// The account key seed (b64). Secret.
+        account_key: String,
+        /// The new device's certificate (b64 of `cert_msg || signature`).
+        certificate: String,
+        /// The contacts with their pinned keys.
+        contacts: Vec<LinkedContact>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    v: u32,
+    #[serde(flatten)]
+    content: Content,
+}
+
+impl Content {
+    /// The JSON bytes of format 1.
+    pub fn encode(&self) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(&Payload {
+            v: CONTENT_VERSION,
+            content: self.clone(),
+        })
+        .map_err(|e| ClientError::Internal(format!("encoding a message: {e}")))
+    }
+
+    /// Parses a payload; refuses other versions and unknown types.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ClientError> {
+        let v: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|_| ClientError::Content("the message payload is not JSON".into()))?;
+        match v.get("v").and_then(|x| x.as_u64()) {
+            Some(1) => {}
+            Some(n) => {
+                return Err(ClientError::Content(format!(
+                    "payload format {n} is newer than this client understands"
+                )))
+            }
+            None => return Err(ClientError::Content("the payload has no version".into())),
+        }
+        serde_json::from_value::<Payload>(v)
+            .map(|p| p.content)
+            .map_err(|e| ClientError::Content(format!("unreadable payload: {e}")))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_versions() {
+        let c = Content::Text {
+            to: "bob".into(),
+            text: "hi".into(),
+            sent_ms: 5,
+        };
+        let b = c.encode().unwrap();
+        assert_eq!(
+            std::str::from_utf8(&b).unwrap(),
+            r#"{"v":1,"type":"text","to":"bob","text":"hi","sent_ms":5}"#
+        );
+        assert!(matches!(Content::decode(&b).unwrap(), Content::Text { .. }));
+        assert!(Content::decode(br#"{"v":2,"type":"text"}"#).is_err());
+        assert!(Content::decode(br#"{"v":1,"type":"nope"}"#).is_err());
+    }
+}

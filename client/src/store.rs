@@ -1,0 +1,265 @@
+//! The device's local SQLite store: one file per profile, created 0600, migrated by
+//! `PRAGMA user_version`.
+
+use std::{
+    fs::{self, OpenOptions},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+    time::Duration,
+};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::error::ClientError;
+
+/// The migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE contacts (
+    user TEXT PRIMARY KEY,
+    pinned_key BLOB,             -- pinned account key (32 bytes)
+    pending_key BLOB,            -- a changed key not reached by the chain, awaiting acceptance
+    blocked INTEGER NOT NULL DEFAULT 0,
+    fetched INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE devices (
+    user TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    identity BLOB NOT NULL,      -- certified IKs.pub || IKd.pub
+    bundle TEXT,                 -- unused bundle (JSON) to start a session from
+    PRIMARY KEY (user, device_id)
+);
+CREATE TABLE sessions (
+    user TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    state BLOB NOT NULL,         -- PeerSessions::to_bytes
+    PRIMARY KEY (user, device_id)
+);
+CREATE TABLE messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    conversation TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    sender_user TEXT NOT NULL,
+    sender_device INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    sent_ms INTEGER NOT NULL,
+    server_ts INTEGER,
+    state TEXT NOT NULL          -- pending, sent, delivered, read (outgoing); received, read
+);
+CREATE INDEX messages_conversation ON messages (conversation, seq);
+CREATE TABLE received (message_id TEXT PRIMARY KEY);
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    to_user TEXT NOT NULL,
+    body BLOB NOT NULL,
+    body_key BLOB NOT NULL,
+    envelopes TEXT,              -- JSON [EnvelopeKey], the exact bytes every retry resends
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE pending_receipts (message_id TEXT PRIMARY KEY, user TEXT NOT NULL);
+CREATE TABLE notices (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, text TEXT NOT NULL, shown INTEGER NOT NULL DEFAULT 0);
+"#];
+
+/// The store of one profile.
+pub struct Store {
+    pub(crate) conn: Connection,
+}
+
+/// One stored message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredMessage {
+    /// Hex message id.
+    pub message_id: String,
+    /// The contact.
+    pub conversation: String,
+    /// Sent by this account.
+    pub outgoing: bool,
+    /// Sending account.
+    pub sender_user: String,
+    /// Sending device.
+    pub sender_device: u32,
+    /// Text.
+    pub text: String,
+    /// Writer's clock.
+    pub sent_ms: u64,
+    /// pending, sent, delivered, read, received.
+    pub state: String,
+}
+
+impl Store {
+    /// Opens (creating 0600 if needed) `DIR/cipherpost.db` and migrates it.
+    pub fn open(dir: &Path) -> Result<Self, ClientError> {
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        let path = dir.join("cipherpost.db");
+        // Create the file ourselves so it is 0600 from the first byte; SQLite gives its
+        // journal and WAL files the database file's mode.
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Self { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), ClientError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(ClientError::Usage(format!(
+                "this profile was written by a newer cipherpost (schema {version}); update cipherpost"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// An immediate (write-locking) transaction: session state is read, advanced and written
+    /// under it so two processes on one profile never reuse a message key.
+    pub fn write_tx(&self) -> Result<Transaction<'_>, ClientError> {
+        // `new_unchecked` only skips the nested-transaction check that `&mut` gives; this
+        // store never nests transactions.
+        Ok(Transaction::new_unchecked(
+            &self.conn,
+            TransactionBehavior::Immediate,
+        )?)
+    }
+
+    /// A meta value.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        meta(&self.conn, key)
+    }
+
+    /// A meta value as text.
+    pub fn meta_str(&self, key: &str) -> Result<Option<String>, ClientError> {
+        Ok(self
+            .meta(key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Sets a meta value.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), ClientError> {
+        set_meta(&self.conn, key, value)
+    }
+
+    /// Adds a notice for the user.
+    pub fn notice(&self, text: &str) -> Result<(), ClientError> {
+        notice(&self.conn, text)
+    }
+
+    /// Notices not shown yet (marks them shown).
+    pub fn take_notices(&self) -> Result<Vec<String>, ClientError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT text FROM notices WHERE shown = 0 ORDER BY seq")?;
+        let out = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        self.conn
+            .execute("UPDATE notices SET shown = 1 WHERE shown = 0", [])?;
+        Ok(out)
+    }
+
+    /// Messages of a conversation, oldest first (the last `limit`).
+    pub fn history(
+        &self,
+        conversation: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, ClientError> {
+        let mut st = self.conn.prepare(
+            "SELECT message_id, conversation, outgoing, sender_user, sender_device, text, sent_ms, state
+             FROM (SELECT * FROM messages WHERE conversation = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY sent_ms, seq",
+        )?;
+        let rows = st
+            .query_map(params![conversation, limit], row_message)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Every message, oldest first.
+    pub fn all_messages(&self) -> Result<Vec<StoredMessage>, ClientError> {
+        let mut st = self.conn.prepare(
+            "SELECT message_id, conversation, outgoing, sender_user, sender_device, text, sent_ms, state
+             FROM messages ORDER BY seq",
+        )?;
+        let rows = st
+            .query_map([], row_message)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Conversations with their unread count and last text.
+    pub fn inbox(&self) -> Result<Vec<(String, u32, String)>, ClientError> {
+        let mut st = self.conn.prepare(
+            "SELECT conversation,
+                    SUM(CASE WHEN outgoing = 0 AND state = 'received' THEN 1 ELSE 0 END),
+                    (SELECT text FROM messages m2 WHERE m2.conversation = m.conversation ORDER BY seq DESC LIMIT 1)
+             FROM messages m GROUP BY conversation ORDER BY MAX(seq) DESC",
+        )?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Number of messages waiting in the outbox.
+    pub fn outbox_len(&self) -> Result<u32, ClientError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?)
+    }
+}
+
+fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        message_id: r.get(0)?,
+        conversation: r.get(1)?,
+        outgoing: r.get::<_, i64>(2)? != 0,
+        sender_user: r.get(3)?,
+        sender_device: r.get(4)?,
+        text: r.get(5)?,
+        sent_ms: r.get::<_, i64>(6)? as u64,
+        state: r.get(7)?,
+    })
+}
+
+/// A meta value on any connection or transaction.
+pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Sets a meta value on any connection or transaction.
+pub(crate) fn set_meta(conn: &Connection, key: &str, value: &[u8]) -> Result<(), ClientError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// Adds a notice.
+pub(crate) fn notice(conn: &Connection, text: &str) -> Result<(), ClientError> {
+    tracing::info!(notice = text);
+    conn.execute(
+        "INSERT INTO notices (ts, text) VALUES (?1, ?2)",
+        params![crate::now_ms() as i64, text],
+    )?;
+    Ok(())
+}

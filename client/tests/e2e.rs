@@ -1,0 +1,395 @@
+//! End-to-end tests of the client against the local cloud (`./dev up`; endpoint from
+//! `CIPHERPOST_API`, default `http://127.0.0.1:8787`). Each device is a separate profile.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::{collections::BTreeMap, time::Duration};
+
+use cipherpost_client::{Client, ClientError, Event};
+use rand_core::{OsRng, RngCore};
+use tempfile::TempDir;
+
+fn endpoint() -> String {
+    std::env::var("CIPHERPOST_API").unwrap_or_else(|_| "http://127.0.0.1:8787".into())
+}
+
+struct Dev {
+    c: Client,
+    dir: TempDir,
+}
+
+impl Dev {
+    fn new() -> Self {
+        let dir = TempDir::new().unwrap();
+        let c = Client::open(dir.path(), &endpoint(), None).unwrap();
+        Self { c, dir }
+    }
+    /// Reopens the profile, as a restarted process would.
+    fn reopen(&mut self) {
+        self.c = Client::open(self.dir.path(), &endpoint(), None).unwrap();
+    }
+    fn user(&self) -> String {
+        self.c.whoami().unwrap().0
+    }
+    async fn sync(&mut self) -> Vec<Event> {
+        self.c.sync().await.unwrap()
+    }
+    fn texts(&self, conversation: &str) -> Vec<(String, String)> {
+        self.c
+            .store()
+            .history(conversation, 100_000)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.text, m.state))
+            .collect()
+    }
+}
+
+fn fresh(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", OsRng.next_u32())
+}
+
+/// A registered first device. The local cloud can be slow under load (account creation
+/// answers 503 after its 30 s handler timeout), so a failed creation is retried with a new id.
+async fn account(prefix: &str) -> Dev {
+    for _ in 0..3 {
+        let mut d = Dev::new();
+        match d.c.register(&fresh(prefix)).await {
+            Ok(_) => return d,
+            Err(ClientError::Unreachable { reason, .. }) => eprintln!("retrying: {reason}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the local cloud did not create an account in three tries");
+}
+
+/// Links a new device to `existing`'s account through the real link flow.
+async fn link(existing: &mut Dev) -> Dev {
+    let mut d = Dev::new();
+    let code = d.c.link_request(&existing.user()).unwrap();
+    assert!(matches!(d.c.sync().await, Err(ClientError::NotLinked)));
+    existing.c.link_approve(&code).await.unwrap();
+    let ev = d.sync().await;
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Linked { .. })),
+        "{ev:?}"
+    );
+    assert!(d.c.is_linked().unwrap());
+    d
+}
+
+fn assert_no_duplicates(d: &Dev, conversation: &str) {
+    let h = d.c.store().history(conversation, 100_000).unwrap();
+    let mut seen = BTreeMap::new();
+    for m in h {
+        assert!(
+            seen.insert(m.message_id.clone(), ()).is_none(),
+            "duplicate {}",
+            m.message_id
+        );
+    }
+}
+
+#[tokio::test]
+async fn multi_device_exchange_receipts_and_read_sync() {
+    let mut a1 = account("alice").await;
+    let mut a2 = link(&mut a1).await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+
+    a1.c.queue_text(&bob, "hello bob").unwrap();
+    a1.c.flush_outbox().await.unwrap();
+    b1.sync().await;
+    assert_eq!(
+        b1.texts(&alice),
+        vec![("hello bob".into(), "received".into())]
+    );
+    // Alice's other device files her own message in the conversation with bob.
+    // (Bob's delivery receipt reaches it too.)
+    a2.sync().await;
+    assert_eq!(
+        a2.texts(&bob),
+        vec![("hello bob".into(), "delivered".into())]
+    );
+
+    b1.c.queue_text(&alice, "hi alice").unwrap();
+    b1.c.flush_outbox().await.unwrap();
+    a1.sync().await; // also gets bob's delivery receipt
+    a2.sync().await;
+    assert_eq!(a1.texts(&bob)[0], ("hello bob".into(), "delivered".into()));
+    assert_eq!(a1.texts(&bob)[1], ("hi alice".into(), "received".into()));
+    assert_eq!(a2.texts(&bob)[1], ("hi alice".into(), "received".into()));
+
+    // Bob reads: alice's devices both see "read".
+    b1.c.read(&alice).await.unwrap();
+    a1.sync().await;
+    a2.sync().await;
+    assert_eq!(a1.texts(&bob)[0].1, "read");
+    // a2 did not exist for the first message's delivery receipt but gets the read receipt.
+    assert_eq!(a2.texts(&bob)[0].1, "read");
+
+    // Alice reads on a1: a2 gets the read-sync; bob gets the read receipt.
+    a1.c.read(&bob).await.unwrap();
+    a2.sync().await;
+    assert_eq!(a2.texts(&bob)[1].1, "read");
+    b1.sync().await;
+    assert_eq!(b1.texts(&alice)[1], ("hi alice".into(), "read".into()));
+    for d in [&a1, &a2] {
+        assert_no_duplicates(d, &bob);
+    }
+}
+
+#[tokio::test]
+async fn read_sync_without_read_receipts() {
+    let mut a1 = account("alice").await;
+    let mut a2 = link(&mut a1).await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    a1.c.set_read_receipts(false).unwrap();
+    b1.c.queue_text(&alice, "one").unwrap();
+    b1.c.flush_outbox().await.unwrap();
+    a1.sync().await;
+    a2.sync().await;
+    a1.c.read(&bob).await.unwrap();
+    a2.sync().await;
+    assert_eq!(a2.texts(&bob), vec![("one".into(), "read".into())]);
+    b1.sync().await;
+    assert_eq!(b1.texts(&alice), vec![("one".into(), "delivered".into())]);
+}
+
+#[tokio::test]
+async fn offline_device_catches_up_on_1000_queued_messages() {
+    let mut a1 = account("alice").await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    for i in 0..1000 {
+        b1.c.queue_text(&alice, &format!("m{i}")).unwrap();
+    }
+    assert_eq!(b1.c.flush_outbox().await.unwrap(), 1000);
+    a1.sync().await;
+    let got: Vec<String> = a1.texts(&bob).into_iter().map(|(t, _)| t).collect();
+    let want: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    // Nothing left in the queue: a second sync brings nothing new.
+    assert!(a1
+        .sync()
+        .await
+        .iter()
+        .all(|e| !matches!(e, Event::Message { .. })));
+    b1.sync().await;
+    assert!(b1.texts(&alice).iter().all(|(_, s)| s == "delivered"));
+}
+
+#[tokio::test]
+async fn killed_mid_outbox_resumes_without_loss_or_duplicate() {
+    let mut a1 = account("alice").await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    for i in 0..20 {
+        a1.c.queue_text(&bob, &format!("m{i}")).unwrap();
+    }
+    // Cut each flush short at an arbitrary point (like a kill), then restart the process.
+    let mut rounds = 0;
+    while a1.c.store().outbox_len().unwrap() > 0 {
+        // Cut points spread over a growing window so that later rounds can finish a send.
+        let ms = 5 + u64::from(OsRng.next_u32() % (60 + rounds * 20));
+        let _ = tokio::time::timeout(Duration::from_millis(ms), a1.c.flush_outbox()).await;
+        a1.reopen();
+        rounds += 1;
+        assert!(rounds < 500, "the outbox never drained");
+    }
+    b1.sync().await;
+    let got: Vec<String> = b1.texts(&alice).into_iter().map(|(t, _)| t).collect();
+    let want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    assert_no_duplicates(&b1, &alice);
+}
+
+#[tokio::test]
+async fn two_devices_of_one_account_send_concurrently() {
+    let mut a1 = account("alice").await;
+    let mut a2 = link(&mut a1).await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    for i in 0..10 {
+        a1.c.queue_text(&bob, &format!("a1-{i}")).unwrap();
+        a2.c.queue_text(&bob, &format!("a2-{i}")).unwrap();
+    }
+    let (r1, r2) = tokio::join!(a1.c.flush_outbox(), a2.c.flush_outbox());
+    assert_eq!((r1.unwrap(), r2.unwrap()), (10, 10));
+    b1.sync().await;
+    assert_eq!(b1.texts(&alice).len(), 20);
+    a1.sync().await;
+    a2.sync().await;
+    assert_eq!(a1.texts(&bob).len(), 20);
+    assert_eq!(a2.texts(&bob).len(), 20);
+    for d in [&a1, &a2] {
+        assert_no_duplicates(d, &bob);
+    }
+}
+
+#[tokio::test]
+async fn typing_is_pushed_but_never_stored() {
+    let mut a1 = account("alice").await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    // Sessions both ways first.
+    a1.c.queue_text(&bob, "hi").unwrap();
+    a1.c.flush_outbox().await.unwrap();
+    b1.sync().await;
+    let mut events = Vec::new();
+    let watch =
+        b1.c.watch(Some(Duration::from_secs(6)), |e| events.push(e.clone()));
+    let typing = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        a1.c.send_typing(&bob, true).await.unwrap();
+    };
+    let (w, ()) = tokio::join!(watch, typing);
+    w.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Typing { from, typing: true } if *from == alice)),
+        "{events:?}"
+    );
+    // Nothing was queued for bob and nothing stored beyond the text.
+    assert!(b1
+        .sync()
+        .await
+        .iter()
+        .all(|e| !matches!(e, Event::Typing { .. })));
+    assert_eq!(b1.texts(&alice).len(), 1);
+}
+
+#[tokio::test]
+async fn watch_receives_live_messages() {
+    let mut a1 = account("alice").await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    let mut events = Vec::new();
+    let watch =
+        b1.c.watch(Some(Duration::from_secs(6)), |e| events.push(e.clone()));
+    let send = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        a1.c.queue_text(&bob, "live").unwrap();
+        a1.c.flush_outbox().await.unwrap();
+    };
+    let (w, ()) = tokio::join!(watch, send);
+    w.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Message { text, .. } if text == "live")));
+    assert_eq!(b1.texts(&alice), vec![("live".into(), "received".into())]);
+    // The delivery receipt went back while watching.
+    a1.sync().await;
+    assert_eq!(a1.texts(&bob), vec![("live".into(), "delivered".into())]);
+}
+
+#[tokio::test]
+async fn a_contacts_new_device_receives_the_next_message() {
+    let mut a1 = account("alice").await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    a1.c.queue_text(&bob, "before").unwrap();
+    a1.c.flush_outbox().await.unwrap();
+    b1.sync().await;
+    let mut b2 = link(&mut b1).await;
+    a1.c.queue_text(&bob, "after").unwrap();
+    a1.c.flush_outbox().await.unwrap();
+    let notices: Vec<String> =
+        a1.c.take_notices()
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Notice { text } => Some(text),
+                _ => None,
+            })
+            .collect();
+    assert!(
+        notices.iter().any(|n| n.contains("new device")),
+        "{notices:?}"
+    );
+    b2.sync().await;
+    assert_eq!(b2.texts(&alice), vec![("after".into(), "received".into())]);
+    b1.sync().await;
+    assert_eq!(b1.texts(&alice).len(), 2);
+}
+
+#[tokio::test]
+async fn after_a_key_change_nothing_is_sent_until_accepted() {
+    let mut a1 = account("alice").await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    a1.c.queue_text(&bob, "first").unwrap();
+    a1.c.flush_outbox().await.unwrap();
+    b1.sync().await;
+    // Make alice's pinned key for bob differ from the server's (as if bob's key had been
+    // replaced without a signed rotation), and make her refetch his bundles.
+    {
+        let db = rusqlite::Connection::open(a1.dir.path().join("cipherpost.db")).unwrap();
+        let mut k = [0u8; 32];
+        OsRng.fill_bytes(&mut k);
+        let other = cipherpost_protocol::AccountKey::from_bytes(&k).public_key();
+        db.execute(
+            "UPDATE contacts SET pinned_key = ?1, fetched = 0 WHERE user = ?2",
+            rusqlite::params![other.to_bytes().to_vec(), bob],
+        )
+        .unwrap();
+    }
+    a1.c.queue_text(&bob, "second").unwrap();
+    assert_eq!(a1.c.flush_outbox().await.unwrap(), 0);
+    assert_eq!(a1.c.store().outbox_len().unwrap(), 1);
+    assert!(matches!(
+        a1.c.queue_text(&bob, "third"),
+        Err(ClientError::KeyChanged(_))
+    ));
+    b1.sync().await;
+    assert_eq!(b1.texts(&alice).len(), 1);
+    let v = a1.c.verify(&bob, false).await.unwrap();
+    assert!(v.blocked && v.changed_safety_number.is_some());
+    let v = a1.c.verify(&bob, true).await.unwrap();
+    assert!(!v.blocked);
+    assert_eq!(a1.c.flush_outbox().await.unwrap(), 1);
+    b1.sync().await;
+    assert_eq!(b1.texts(&alice)[1].0, "second");
+}
+
+#[tokio::test]
+async fn store_file_is_private_and_errors_are_clear() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = account("carol").await;
+    let mode = std::fs::metadata(d.dir.path().join("cipherpost.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut e = Dev::new();
+    let err = e.c.queue_text("bob", "x").unwrap_err();
+    assert!(err.to_string().contains("no account"), "{err}");
+    let mut x = Dev::new();
+    let taken = x.c.register(&d.user()).await.unwrap_err();
+    assert!(taken.to_string().contains("taken"), "{taken}");
+    let _ = &mut e;
+}
+
+#[tokio::test]
+async fn prekeys_are_replenished_when_they_run_low() {
+    let mut a1 = account("alice").await;
+    let mut b1 = account("bob").await;
+    let alice = a1.user();
+    assert_eq!(a1.c.server_prekey_count().await.unwrap(), 100);
+    // Every bundle fetch hands out one of alice's one-time prekeys.
+    for _ in 0..95 {
+        b1.c.refresh_devices(&alice).await.unwrap();
+    }
+    assert!(a1.c.server_prekey_count().await.unwrap() < 10);
+    a1.sync().await;
+    assert!(a1.c.server_prekey_count().await.unwrap() >= 100);
+    // The new ids continue above the old ones: a session from a fresh bundle still works.
+    b1.c.queue_text(&alice, "after refill").unwrap();
+    b1.c.flush_outbox().await.unwrap();
+    a1.sync().await;
+    assert_eq!(
+        a1.texts(&b1.user()),
+        vec![("after refill".into(), "received".into())]
+    );
+}
