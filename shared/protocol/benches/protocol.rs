@@ -5,8 +5,9 @@
 use std::hint::black_box;
 
 use cipherpost_protocol::{
-    AccountChain, AccountKey, DeviceCertificate, DeviceId, DeviceIdentity, PeerSessions,
-    PreKeyBundle, PreKeyStore, SignedPreKey, UserId,
+    decrypt_attachment, encrypt_attachment, encrypt_body, AccountChain, AccountKey, DeviceAddress,
+    DeviceCertificate, DeviceId, DeviceIdentity, GroupId, GroupSenderKeys, MessageId, OwnSenderKey,
+    PeerSessions, PreKeyBundle, PreKeyStore, RequestAuth, SignedPreKey, UserId,
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ed25519_dalek::{Signer, SigningKey};
@@ -206,5 +207,114 @@ fn sessions(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, primitives, sessions);
+/// A message body for `n` devices: encrypt once, one ratchet envelope per device.
+fn bodies(c: &mut Criterion) {
+    let mut g = c.benchmark_group("body");
+    for n in [1usize, 8, 100] {
+        let mut sessions: Vec<PeerSessions> = (0..n).map(|_| established().2).collect();
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("encrypt 200 B for {n} devices"), |bn| {
+            bn.iter(|| {
+                let id = MessageId::generate(&mut OsRng);
+                let (body, key) = encrypt_body(&mut OsRng, &id, &MSG).unwrap();
+                let pt = key.envelope_plaintext(&body.bytes);
+                let envelopes: Vec<Vec<u8>> = sessions
+                    .iter_mut()
+                    .map(|s| s.encrypt(&pt[..]).unwrap())
+                    .collect();
+                black_box((body, envelopes))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn sender_keys(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sender_key");
+    g.throughput(Throughput::Elements(1));
+    let me = DeviceAddress::new(UserId::new("alice").unwrap(), DeviceId::new(1).unwrap());
+    let group = GroupId::generate(&mut OsRng);
+    let mut own = OwnSenderKey::generate(&mut OsRng, group, me.clone());
+    g.bench_function("encrypt 200 B (signed)", |bn| {
+        bn.iter(|| black_box(own.encrypt(&MessageId::generate(&mut OsRng), &MSG).unwrap()))
+    });
+    let mut sender = OwnSenderKey::generate(&mut OsRng, group, me.clone());
+    let mut receiver = GroupSenderKeys::new();
+    receiver
+        .process_distribution(&me, &sender.distribution(), 0)
+        .unwrap();
+    g.bench_function("decrypt 200 B (verify)", |bn| {
+        bn.iter_batched(
+            || {
+                let id = MessageId::generate(&mut OsRng);
+                (id, sender.encrypt(&id, &MSG).unwrap())
+            },
+            |(id, wire)| black_box(receiver.decrypt(&me, &id, &wire, 0).unwrap()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn attachments(c: &mut Criterion) {
+    const SIZE: usize = 16 << 20;
+    let plaintext = vec![0x5au8; SIZE];
+    let mut object = Vec::with_capacity(SIZE + SIZE / 4096 + 64);
+    let secrets = encrypt_attachment(&mut OsRng, &plaintext[..], &mut object).unwrap();
+    let mut g = c.benchmark_group("attachment");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.bench_function("encrypt 16 MiB", |bn| {
+        let mut out = Vec::with_capacity(object.len());
+        bn.iter(|| {
+            out.clear();
+            black_box(encrypt_attachment(&mut OsRng, &plaintext[..], &mut out).unwrap())
+        })
+    });
+    g.bench_function("decrypt 16 MiB (digest + every tag)", |bn| {
+        let mut out = Vec::with_capacity(SIZE);
+        bn.iter(|| {
+            out.clear();
+            decrypt_attachment(&secrets, Some(object.len() as u64), &object[..], &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+fn request_auth(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_auth");
+    let identity = DeviceIdentity::generate(&mut OsRng);
+    let user = UserId::new("alice").unwrap();
+    let device = DeviceId::new(7).unwrap();
+    let body = vec![b'x'; 1024];
+    g.bench_function("sign (1 KiB body)", |bn| {
+        bn.iter(|| {
+            black_box(
+                RequestAuth::sign(&identity, &user, device, "PUT", "/v1/messages", 1, &body)
+                    .to_header(),
+            )
+        })
+    });
+    let header =
+        RequestAuth::sign(&identity, &user, device, "PUT", "/v1/messages", 1, &body).to_header();
+    let key = identity.public().signing;
+    g.bench_function("parse + verify (1 KiB body)", |bn| {
+        bn.iter(|| {
+            let a = RequestAuth::parse_header(&header).unwrap();
+            black_box(a.verify(&key, "PUT", "/v1/messages", &body, 1).is_ok())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    primitives,
+    sessions,
+    bodies,
+    sender_keys,
+    attachments,
+    request_auth
+);
 criterion_main!(benches);
