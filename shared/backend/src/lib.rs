@@ -53,10 +53,13 @@ impl Backend {
     /// Builds the clients from an SDK configuration.
     pub fn new(config: Config, sdk: &SdkConfig) -> Self {
         let dynamo = aws_sdk_dynamodb::Client::new(sdk);
-        // Path-style addressing keeps local endpoints (moto, LocalStack) working; AWS accepts it.
+        // Local endpoints (moto, LocalStack) need path-style addressing; on AWS the default
+        // virtual-hosted style is kept.
+        let local = std::env::var_os("AWS_ENDPOINT_URL").is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
         let s3 = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(sdk)
-                .force_path_style(true)
+                .force_path_style(local)
                 .build(),
         );
         let pusher = Pusher::new(config.ws_endpoint.as_ref().map(|endpoint| {
