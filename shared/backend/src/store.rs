@@ -536,7 +536,7 @@ impl Store {
             .expression_attribute_values(":active", s("active"))
             .send()
             .await
-            .map_err(|e| conditional_or(e, "signed prekey"))?;
+            .map_err(conditional_or)?;
         Ok(())
     }
 
@@ -562,7 +562,7 @@ impl Store {
             .expression_attribute_values(":active", s("active"))
             .send()
             .await
-            .map_err(|e| conditional_or(e, "prekey ids"))?;
+            .map_err(conditional_or)?;
         Ok(())
     }
 
@@ -880,7 +880,7 @@ impl Store {
             .return_values(ReturnValue::UpdatedOld)
             .send()
             .await
-            .map_err(|e| conditional_or(e, "connection"))?;
+            .map_err(conditional_or)?;
         Ok(out
             .attributes
             .and_then(|a| a.get("connection_id").and_then(|v| v.as_s().ok()).cloned())
@@ -978,7 +978,7 @@ fn is_conditional<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(e: &SdkEr
     }
 }
 
-fn conditional_or<E, R>(e: SdkError<E, R>, _what: &'static str) -> StoreError
+fn conditional_or<E, R>(e: SdkError<E, R>) -> StoreError
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::fmt::Debug,
     R: std::fmt::Debug,

@@ -27,29 +27,10 @@ const BODY_NONCE_LEN: usize = 12;
 /// Length of the key envelope plaintext `K || H(body)`.
 const ENVELOPE_PLAINTEXT_LEN: usize = 64;
 
-/// A message's server `message_id`: 16 random bytes, fresh per message. It travels beside the
-/// body and is authenticated by the body's associated data (and by a sender-key header).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MessageId(pub [u8; 16]);
-
-impl MessageId {
-    /// A fresh random id (16 bytes from `rng`).
-    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
-        let mut id = [0u8; 16];
-        rng.fill_bytes(&mut id);
-        Self(id)
-    }
-
-    /// The 16 bytes.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageId({})", hex(&self.0))
-    }
+crate::random_id! {
+    /// A message's server `message_id`: 16 random bytes, fresh per message. It travels beside
+    /// the body and is authenticated by the body's associated data (and by a sender-key header).
+    MessageId
 }
 
 /// `content || 0x80 || 0x00*`, padded to a multiple of 160 bytes (at least one padding byte).

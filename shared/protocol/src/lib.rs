@@ -7,6 +7,36 @@
 //!
 //! Modules are private; the public API is re-exported here.
 
+/// A 16-byte random identifier newtype with `generate`, `as_bytes` and a hex `Debug`.
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub [u8; 16]);
+
+        impl $name {
+            /// A fresh random id (16 bytes from `rng`).
+            pub fn generate(rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng)) -> Self {
+                let mut id = [0u8; 16];
+                rng.fill_bytes(&mut id);
+                Self(id)
+            }
+
+            /// The 16 bytes.
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), crate::body::hex(&self.0))
+            }
+        }
+    };
+}
+pub(crate) use random_id;
+
 mod attachment;
 mod auth;
 mod body;

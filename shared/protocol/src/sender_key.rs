@@ -34,7 +34,7 @@ use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::{
-    body::{hex, pad, unpad, MessageId},
+    body::{pad, unpad, MessageId},
     codec::{Reader, Writer},
     consts::{
         CHAIN_EXHAUSTED, LABEL_SENDER_KEY_MSG, MAX_OLD_SENDER_KEYS, MAX_SENDER_KEY_JUMP,
@@ -59,28 +59,9 @@ const SENDER_KEY_RECORD_VERSION: u8 = 1;
 /// Persistence format of [`GroupSenderKeys`].
 const GROUP_SENDER_KEYS_VERSION: u8 = 1;
 
-/// A group's id: 16 random bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GroupId(pub [u8; 16]);
-
-impl GroupId {
-    /// A fresh random id (16 bytes from `rng`).
-    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
-        let mut id = [0u8; 16];
-        rng.fill_bytes(&mut id);
-        Self(id)
-    }
-
-    /// The 16 bytes.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for GroupId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GroupId({})", hex(&self.0))
-    }
+crate::random_id! {
+    /// A group's id: 16 random bytes.
+    GroupId
 }
 
 /// One device of one account: the sender of a group message, or the peer of a pairwise session.
