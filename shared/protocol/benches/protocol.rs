@@ -98,6 +98,24 @@ fn primitives(c: &mut Criterion) {
     g.bench_function("ed25519 verify_strict 200 B", |bn| {
         bn.iter(|| black_box(vk.verify_strict(&MSG, &sig).is_ok()))
     });
+    // The attachment digest: SHA-256 over the whole object (software on CPUs without SHA-NI).
+    let big = vec![0u8; 1 << 20];
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.bench_function("sha256 1 MiB", |bn| {
+        bn.iter(|| black_box(<sha2::Sha256 as sha2::Digest>::digest(&big)))
+    });
+    let seg = vec![0u8; 64 * 1024];
+    let cipher = <aes_gcm::Aes256Gcm as aes_gcm::KeyInit>::new(&[7u8; 32].into());
+    g.throughput(Throughput::Bytes(seg.len() as u64));
+    g.bench_function("aes-256-gcm seal 64 KiB", |bn| {
+        bn.iter(|| {
+            black_box(aes_gcm::aead::Aead::encrypt(
+                &cipher,
+                &[1u8; 12].into(),
+                &seg[..],
+            ))
+        })
+    });
     g.finish();
 }
 
