@@ -86,3 +86,9 @@ impl std::fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+impl From<crate::api::FieldLengthError> for ApiError {
+    fn from(e: crate::api::FieldLengthError) -> Self {
+        ApiError::bad_request("invalid_field", e.to_string())
+    }
+}

@@ -1,0 +1,338 @@
+//! # cipherpost-api
+//!
+//! The JSON of every request, response and WebSocket push of the cipherpost API (documented in
+//! `api/openapi.yaml`), shared by the server and the client so that the two cannot drift. It has
+//! no AWS dependency, so the CLI does not compile the SDK.
+//!
+//! Binary fields are unpadded base64url ([`B64`]). What the server reads (requests) refuses
+//! unknown fields, so that a typo is an error and not a silently ignored setting; what the
+//! client reads (responses, pushes) accepts them, so that a newer server does not break an
+//! older client.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+/// Bytes carried as unpadded base64url text.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct B64(pub Vec<u8>);
+
+impl B64 {
+    /// The bytes as a fixed-size array, or an error naming the field.
+    pub fn array<const N: usize>(&self, field: &'static str) -> Result<[u8; N], FieldLengthError> {
+        <[u8; N]>::try_from(self.0.as_slice()).map_err(|_| FieldLengthError {
+            field,
+            expected: N,
+            got: self.0.len(),
+        })
+    }
+}
+
+/// A binary field of the wrong length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldLengthError {
+    /// The field's name as the API spells it.
+    pub field: &'static str,
+    /// The length it must have.
+    pub expected: usize,
+    /// The length it had.
+    pub got: usize,
+}
+
+impl std::fmt::Display for FieldLengthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} must be {} bytes, got {}",
+            self.field, self.expected, self.got
+        )
+    }
+}
+
+impl std::error::Error for FieldLengthError {}
+
+impl std::fmt::Debug for B64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "B64({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for B64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&URL_SAFE_NO_PAD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        URL_SAFE_NO_PAD
+            .decode(s.as_bytes())
+            .map(B64)
+            .map_err(|_| de::Error::custom("not unpadded base64url"))
+    }
+}
+
+/// A signed prekey as uploaded and as handed out in bundles.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedPreKeyJson {
+    /// `spk_id`.
+    pub id: u32,
+    /// `SPK.pub` (32 bytes).
+    pub key: B64,
+    /// `SIG(IKs, "cipherpost/spk/v1" || u32be(spk_id) || SPK.pub)` (64 bytes).
+    pub signature: B64,
+}
+
+/// A one-time prekey.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneTimePreKeyJson {
+    /// `opk_id`, non-zero, strictly increasing per device.
+    pub id: u32,
+    /// `OPK.pub` (32 bytes).
+    pub key: B64,
+}
+
+/// A device being registered: its certificate (which names the device id and identity keys)
+/// and its prekeys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// `cert_msg || signature` (PROTOCOL.md, "Identities").
+    pub certificate: B64,
+    /// The device's signed prekey.
+    pub signed_prekey: SignedPreKeyJson,
+    /// Up to 100 one-time prekeys.
+    #[serde(default)]
+    pub one_time_prekeys: Vec<OneTimePreKeyJson>,
+}
+
+/// `PUT /v1/accounts/{user}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccountRequest {
+    /// `AK.pub` (32 bytes).
+    pub account_key: B64,
+    /// The first device.
+    pub device: NewDevice,
+}
+
+/// `POST /v1/accounts/{user}/devices`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkDeviceRequest {
+    /// The new device.
+    pub device: NewDevice,
+}
+
+/// Answer to account creation and device linking.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRegistered {
+    /// The account.
+    pub user: String,
+    /// The registered device.
+    pub device_id: u32,
+}
+
+/// `DELETE /v1/accounts/{user}/devices/{device}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeDeviceRequest {
+    /// `revoke_msg || signature` under the current account key.
+    pub revocation: B64,
+    /// `rotate_msg || signature`: the current account key rotates to a new one.
+    pub rotation: B64,
+    /// Fresh certificates under the new key for every remaining active device.
+    pub certificates: Vec<B64>,
+}
+
+/// Answer to a revocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRevoked {
+    /// The account.
+    pub user: String,
+    /// The revoked device.
+    pub device_id: u32,
+    /// The account key now in force.
+    pub account_key: B64,
+}
+
+/// `PUT /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadKeysRequest {
+    /// A new signed prekey, replacing the current one.
+    #[serde(default)]
+    pub signed_prekey: Option<SignedPreKeyJson>,
+    /// Up to 100 one-time prekeys, ids strictly increasing and above every stored id.
+    #[serde(default)]
+    pub one_time_prekeys: Vec<OneTimePreKeyJson>,
+}
+
+/// `GET /v1/keys` and the answer to `PUT /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreKeyCount {
+    /// One-time prekeys the server still holds for the caller.
+    pub one_time_prekeys: u64,
+}
+
+/// One device in a key bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceBundle {
+    /// The device id.
+    pub device_id: u32,
+    /// Its certificate (`cert_msg || signature`).
+    pub certificate: B64,
+    /// Its signed prekey.
+    pub signed_prekey: SignedPreKeyJson,
+    /// One one-time prekey, handed out to this caller only; `null` when none was left.
+    pub one_time_prekey: Option<OneTimePreKeyJson>,
+}
+
+/// `GET /v1/keys/{user}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyBundleResponse {
+    /// The account.
+    pub user: String,
+    /// The account key the server holds (the sender verifies the chain to it).
+    pub account_key: B64,
+    /// Every active device.
+    pub devices: Vec<DeviceBundle>,
+    /// Every revocation of the account (`revoke_msg || signature`).
+    pub revocations: Vec<B64>,
+    /// Every account-key rotation (`rotate_msg || signature`), oldest first.
+    pub rotations: Vec<B64>,
+}
+
+/// A device, by account and id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceRef {
+    /// The account.
+    pub user: String,
+    /// The device id.
+    pub device_id: u32,
+}
+
+/// One per-device key envelope of a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeKey {
+    /// The destination account.
+    pub user: String,
+    /// The destination device.
+    pub device_id: u32,
+    /// The pairwise ratchet message sealing `K || H(body)`.
+    pub key: B64,
+}
+
+/// `PUT /v1/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// 16 random bytes chosen by the sender; sends are idempotent on (sender device, id).
+    pub message_id: B64,
+    /// The recipient account (the sender's own for messages to its other devices only).
+    pub to: String,
+    /// The body, encrypted once.
+    pub body: B64,
+    /// One key envelope per destination device: every active device of `to` and every other
+    /// active device of the sender.
+    pub envelopes: Vec<EnvelopeKey>,
+    /// Pushed to online devices only, never stored (typing indicators).
+    #[serde(default)]
+    pub ephemeral: bool,
+}
+
+/// Answer to a send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendResponse {
+    /// The message id.
+    pub message_id: B64,
+    /// When the server accepted it (Unix ms); the same on a retry.
+    pub server_ts: u64,
+    /// Devices the message was queued for (0 for ephemeral messages).
+    pub queued: usize,
+}
+
+/// A queued envelope as a device receives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The queue position; acknowledge it with `POST /v1/messages/ack`.
+    pub id: String,
+    /// The sender's message id.
+    pub message_id: B64,
+    /// The sending device.
+    pub sender: DeviceRef,
+    /// The body, encrypted once.
+    pub body: B64,
+    /// This device's key envelope.
+    pub key: B64,
+    /// When the server accepted the message (Unix ms).
+    pub server_ts: u64,
+}
+
+/// `GET /v1/messages`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// Envelopes in queue order.
+    pub envelopes: Vec<Envelope>,
+    /// Pass as `cursor` for the next page; `null` at the end of the queue.
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/messages/ack`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Envelope ids to delete from the caller's queue (at most 100).
+    pub ids: Vec<String>,
+}
+
+/// Answer to an ack.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckResponse {
+    /// How many ids were acknowledged.
+    pub acknowledged: usize,
+}
+
+/// What the server pushes over a device's WebSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Push {
+    /// A new queued envelope (ack it like a synced one).
+    Envelope {
+        /// The envelope.
+        envelope: Envelope,
+    },
+    /// A new envelope too large for a push: sync now.
+    Sync,
+    /// An ephemeral message (never stored, nothing to ack).
+    Ephemeral {
+        /// The envelope; its `id` is empty.
+        envelope: Envelope,
+    },
+    /// The device's one-time prekeys run low: upload more.
+    PrekeysLow {
+        /// How many are left.
+        remaining: u64,
+    },
+}
+
+/// The body of every error answer: `{"error", "message"}`, plus, for a 409 `device_mismatch`,
+/// the devices the send missed and those it addressed that are not active.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    #[serde(default)]
+    pub error: String,
+    /// A sentence for a person.
+    #[serde(default)]
+    pub message: String,
+    /// Active devices without an envelope (409 `device_mismatch`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<DeviceRef>,
+    /// Envelopes for devices that are not active (409 `device_mismatch`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale: Vec<DeviceRef>,
+}
