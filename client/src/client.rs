@@ -38,6 +38,15 @@ const SPK_ROTATE_MS: u64 = 7 * 24 * 3600 * 1000;
 /// A link code is valid for 10 minutes.
 const LINK_CODE_VALID_MS: u64 = 10 * 60 * 1000;
 const LINK_CODE_PREFIX: &str = "cplink1.";
+
+/// What [`Client::maintain_prekeys`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PrekeyMaintenance {
+    /// The id of the new signed prekey, when the old one was a week old and was rotated.
+    pub signed_prekey_rotated_to: Option<u32>,
+    /// How many one-time prekeys were uploaded.
+    pub one_time_prekeys_uploaded: usize,
+}
 /// Sends retried after a 409 before giving up for this flush.
 const MAX_MISMATCH_RETRIES: u32 = 4;
 
@@ -690,6 +699,12 @@ impl Client {
     /// On a new device: makes its identity and signed prekey and returns the link code to
     /// approve on an existing device of `user` (valid 10 minutes).
     pub fn link_request(&mut self, user: &str) -> Result<String, ClientError> {
+        self.link_request_at(user, now_ms())
+    }
+
+    /// [`Client::link_request`] with the code dated `now` (milliseconds since the epoch): the
+    /// approving device refuses a code older than 10 minutes.
+    pub fn link_request_at(&mut self, user: &str, now: u64) -> Result<String, ClientError> {
         let user = UserId::new(user).map_err(|e| ClientError::Usage(e.to_string()))?;
         if self.me.is_some() && self.is_linked()? {
             return Err(ClientError::Usage(
@@ -704,7 +719,6 @@ impl Client {
                 identity: DeviceIdentity::generate(&mut OsRng),
             },
         };
-        let now = now_ms();
         let mut prekeys = load_prekeys(&self.store.conn)?;
         if prekeys.current_signed_prekey().is_none() {
             prekeys.add_signed_prekey(
@@ -1073,7 +1087,7 @@ impl Client {
                         .optional()?;
                     if let Some(id) = id {
                         tx.execute(
-                            "UPDATE messages SET state = 'failed' WHERE message_id = ?1",
+                            "UPDATE messages SET state = 'failed' WHERE message_id = ?1 AND outgoing = 1",
                             [&id],
                         )?;
                     }
@@ -1153,7 +1167,7 @@ impl Client {
                 let tx = self.store.write_tx()?;
                 tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
                 tx.execute(
-                    "UPDATE messages SET state = 'sent', server_ts = ?2 WHERE message_id = ?1 AND state = 'pending'",
+                    "UPDATE messages SET state = 'sent', server_ts = ?2 WHERE message_id = ?1 AND outgoing = 1 AND state = 'pending'",
                     params![message_id, resp.server_ts as i64],
                 )?;
                 tx.commit()?;
@@ -1325,8 +1339,8 @@ impl Client {
             .store
             .conn
             .query_row(
-                "SELECT message_id FROM received WHERE message_id = ?1",
-                [&id],
+                "SELECT message_id FROM seen WHERE sender_user = ?1 AND message_id = ?2",
+                params![env.sender.user, id],
                 |r| r.get(0),
             )
             .optional()?;
@@ -1390,7 +1404,10 @@ impl Client {
         let from_self = sender_user == me.user.as_str();
         let mut events = Vec::new();
         if !ephemeral {
-            tx.execute("INSERT INTO received (message_id) VALUES (?1)", [&id])?;
+            tx.execute(
+                "INSERT INTO seen (sender_user, message_id) VALUES (?1, ?2)",
+                params![sender_user, id],
+            )?;
         }
         match content {
             Content::Text { to, text, sent_ms } if !ephemeral => {
@@ -1450,10 +1467,13 @@ impl Client {
                     });
                 }
             }
-            Content::ReadSync { message_ids, .. } if from_self && !ephemeral => {
+            Content::ReadSync {
+                conversation,
+                message_ids,
+            } if from_self && !ephemeral => {
                 let mut count = 0;
                 for mid in &message_ids {
-                    count += tx.execute("UPDATE messages SET state = 'read' WHERE message_id = ?1 AND outgoing = 0 AND state = 'received'", [mid])?;
+                    count += tx.execute("UPDATE messages SET state = 'read' WHERE message_id = ?1 AND conversation = ?2 AND outgoing = 0 AND state = 'received'", params![mid, conversation])?;
                 }
                 events.push(Event::ReadSync { count });
             }
@@ -1616,10 +1636,22 @@ impl Client {
 
     /// Uploads 100 one-time prekeys when the server holds fewer than 10 (or when `force`),
     /// and rotates the signed prekey when it is a week old.
-    pub async fn maintain_prekeys(&mut self, force: bool) -> Result<(), ClientError> {
+    pub async fn maintain_prekeys(
+        &mut self,
+        force: bool,
+    ) -> Result<PrekeyMaintenance, ClientError> {
+        self.maintain_prekeys_at(force, now_ms()).await
+    }
+
+    /// [`Client::maintain_prekeys`] as if the local clock read `now` (milliseconds since the
+    /// epoch) for the signed prekey's age; requests are still signed with the real time.
+    pub async fn maintain_prekeys_at(
+        &mut self,
+        force: bool,
+        now: u64,
+    ) -> Result<PrekeyMaintenance, ClientError> {
         let me = self.me()?;
         let count: PreKeyCount = self.call_json("GET", "/v1/keys", None).await?;
-        let now = now_ms();
         let tx = self.store.write_tx()?;
         let mut prekeys = load_prekeys(&tx)?;
         let mut signed_prekey = None;
@@ -1642,8 +1674,12 @@ impl Client {
         } else {
             Vec::new()
         };
+        let done = PrekeyMaintenance {
+            signed_prekey_rotated_to: signed_prekey.as_ref().map(|s| s.id),
+            one_time_prekeys_uploaded: opks.len(),
+        };
         if signed_prekey.is_none() && opks.is_empty() {
-            return Ok(());
+            return Ok(done);
         }
         // The secrets are stored before the public halves are published.
         store::set_meta(&tx, "prekeys", &prekeys.to_bytes())?;
@@ -1655,8 +1691,12 @@ impl Client {
         let _: PreKeyCount = self
             .call_json("PUT", "/v1/keys", Some(Self::json(&req)?))
             .await?;
-        tracing::info!(uploaded = opks.len(), "prekeys uploaded");
-        Ok(())
+        tracing::info!(
+            uploaded = opks.len(),
+            rotated = done.signed_prekey_rotated_to.is_some(),
+            "prekeys uploaded"
+        );
+        Ok(done)
     }
 
     // ----- verification -----

@@ -13,7 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use crate::error::ClientError;
 
 /// The migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE contacts (
     user TEXT PRIMARY KEY,
@@ -60,7 +61,38 @@ CREATE TABLE outbox (
 );
 CREATE TABLE pending_receipts (message_id TEXT PRIMARY KEY, user TEXT NOT NULL);
 CREATE TABLE notices (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, text TEXT NOT NULL, shown INTEGER NOT NULL DEFAULT 0);
-"#];
+"#,
+    // 2: messages are told apart by (sending account, message id), not by the id alone, so that a
+    // contact who reuses another's message id cannot make a message look like a duplicate.
+    r#"
+CREATE TABLE seen (
+    sender_user TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (sender_user, message_id)
+);
+INSERT OR IGNORE INTO seen (sender_user, message_id)
+    SELECT m.sender_user, r.message_id FROM received r JOIN messages m ON m.message_id = r.message_id;
+DROP TABLE received;
+CREATE TABLE messages_v2 (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    conversation TEXT NOT NULL,
+    outgoing INTEGER NOT NULL,
+    sender_user TEXT NOT NULL,
+    sender_device INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    sent_ms INTEGER NOT NULL,
+    server_ts INTEGER,
+    state TEXT NOT NULL,         -- pending, sent, delivered, read (outgoing); received, read
+    UNIQUE (sender_user, message_id)
+);
+INSERT INTO messages_v2 SELECT seq, message_id, conversation, outgoing, sender_user, sender_device, text, sent_ms, server_ts, state FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v2 RENAME TO messages;
+CREATE INDEX messages_conversation ON messages (conversation, seq);
+CREATE INDEX messages_id ON messages (message_id);
+"#,
+];
 
 /// The store of one profile.
 pub struct Store {
@@ -262,4 +294,62 @@ pub(crate) fn notice(conn: &Connection, text: &str) -> Result<(), ClientError> {
         params![crate::now_ms() as i64, text],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A profile written by schema 1 (messages unique by id alone) migrates to schema 2 keeping
+    /// its messages and what it had seen, and from then on two senders' messages with the same
+    /// id are both kept.
+    #[test]
+    fn schema_2_tells_messages_apart_by_sender_and_id() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("cipherpost.db")).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO messages (message_id, conversation, outgoing, sender_user, sender_device, text, sent_ms, state)
+                 VALUES ('00aa', 'bob', 0, 'bob', 7, 'hi', 1, 'received')",
+                [],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO received (message_id) VALUES ('00aa')", [])
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        let h = store.history("bob", 10).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].text.as_str(), h[0].sender_device), ("hi", 7));
+        let seen: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM seen WHERE sender_user = 'bob' AND message_id = '00aa'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seen, 1);
+        // carol reusing bob's id is a different message; bob repeating it is not.
+        let insert = |sender: &str| {
+            store.conn.execute(
+                "INSERT INTO messages (message_id, conversation, outgoing, sender_user, sender_device, text, sent_ms, state)
+                 VALUES ('00aa', ?1, 0, ?1, 1, 'x', 2, 'received')",
+                [sender],
+            )
+        };
+        assert!(insert("carol").is_ok());
+        assert!(insert("bob").is_err());
+        assert_eq!(store.history("carol", 10).unwrap().len(), 1);
+        assert_eq!(store.history("bob", 10).unwrap().len(), 1);
+    }
 }

@@ -393,3 +393,187 @@ async fn prekeys_are_replenished_when_they_run_low() {
         vec![("after refill".into(), "received".into())]
     );
 }
+
+const MINUTE_MS: u64 = 60 * 1000;
+const DAY_MS: u64 = 24 * 60 * MINUTE_MS;
+
+#[tokio::test]
+async fn link_codes_expire_after_ten_minutes() {
+    let mut a1 = account("alice").await;
+    let alice = a1.user();
+    let mut d = Dev::new();
+    let now = cipherpost_client::now_ms();
+    for (age, what) in [(11 * MINUTE_MS, "too old"), (0, "too far ahead")] {
+        let when = if age == 0 {
+            now + 6 * MINUTE_MS
+        } else {
+            now - age
+        };
+        let code = d.c.link_request_at(&alice, when).unwrap();
+        let err = a1.c.link_approve(&code).await.unwrap_err();
+        assert!(err.to_string().contains("expired"), "{what}: {err}");
+    }
+    // Nothing was registered.
+    assert_eq!(a1.c.devices().await.unwrap().len(), 1);
+    assert!(matches!(d.c.sync().await, Err(ClientError::NotLinked)));
+    // A code made 9 minutes ago is still good.
+    let code = d.c.link_request_at(&alice, now - 9 * MINUTE_MS).unwrap();
+    a1.c.link_approve(&code).await.unwrap();
+    let ev = d.sync().await;
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Linked { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(a1.c.devices().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn signed_prekey_rotates_weekly_and_old_bundles_still_work() {
+    let mut a1 = account("alice").await;
+    let mut b1 = account("bob").await;
+    let alice = a1.user();
+    let now = cipherpost_client::now_ms();
+    let m =
+        a1.c.maintain_prekeys_at(false, now + 6 * DAY_MS)
+            .await
+            .unwrap();
+    assert_eq!(m.signed_prekey_rotated_to, None, "rotated before a week");
+    assert_eq!(m.one_time_prekeys_uploaded, 0);
+    // bob takes alice's bundle (signed prekey 1) before she rotates...
+    b1.c.refresh_devices(&alice).await.unwrap();
+    let m =
+        a1.c.maintain_prekeys_at(false, now + 8 * DAY_MS)
+            .await
+            .unwrap();
+    assert_eq!(m.signed_prekey_rotated_to, Some(2));
+    // ...and a session started from it still opens: the replaced prekey is kept for a while.
+    b1.c.queue_text(&alice, "from the old bundle").unwrap();
+    b1.c.flush_outbox().await.unwrap();
+    // A new contact gets signed prekey 2, and is understood too.
+    let mut c1 = account("carol").await;
+    c1.c.queue_text(&alice, "from the new bundle").unwrap();
+    c1.c.flush_outbox().await.unwrap();
+    a1.sync().await;
+    assert_eq!(
+        a1.texts(&b1.user()),
+        vec![("from the old bundle".into(), "received".into())]
+    );
+    assert_eq!(
+        a1.texts(&c1.user()),
+        vec![("from the new bundle".into(), "received".into())]
+    );
+    // The new key's week starts at the rotation: a day later nothing rotates.
+    let m =
+        a1.c.maintain_prekeys_at(false, now + 9 * DAY_MS)
+            .await
+            .unwrap();
+    assert_eq!(m.signed_prekey_rotated_to, None);
+    let m =
+        a1.c.maintain_prekeys_at(false, now + 16 * DAY_MS)
+            .await
+            .unwrap();
+    assert_eq!(m.signed_prekey_rotated_to, Some(3));
+}
+
+/// Accepts connections, forwards each HTTP request to the gateway, waits for the gateway's
+/// whole answer, and then hangs up on the client without passing it on: a lost answer.
+async fn answer_losing_proxy() -> String {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+    async fn read_message(s: &mut TcpStream) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    return buf;
+                }
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return buf;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let upstream = endpoint()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let request = read_message(&mut client).await;
+                if request.is_empty() {
+                    return;
+                }
+                let mut server = TcpStream::connect(&upstream).await.unwrap();
+                server.write_all(&request).await.unwrap();
+                let answer = read_message(&mut server).await;
+                assert!(answer.starts_with(b"HTTP/1.1 "), "no answer upstream");
+                drop(client);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_lost_register_answer_is_recovered() {
+    let user = fresh("lost");
+    let dir = TempDir::new().unwrap();
+    // The server creates the account, but its answer never arrives.
+    let mut c = Client::open(dir.path(), &answer_losing_proxy().await, None).unwrap();
+    let err = c.register(&user).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("again"),
+        "the error should say what to do: {err}"
+    );
+    drop(c);
+    // Running `register` again finds the account made with this profile's keys and keeps it.
+    let mut d = Dev {
+        c: Client::open(dir.path(), &endpoint(), None).unwrap(),
+        dir,
+    };
+    let (u, device) = d.c.register(&user).await.unwrap();
+    assert_eq!(u, user);
+    assert_eq!(d.c.whoami(), Some((user.clone(), device)));
+    assert_eq!(d.c.devices().await.unwrap().len(), 1);
+    // It works as an account: a contact's message arrives.
+    let mut b1 = account("bob").await;
+    b1.c.queue_text(&user, "hello after a lost answer").unwrap();
+    b1.c.flush_outbox().await.unwrap();
+    d.sync().await;
+    assert_eq!(
+        d.texts(&b1.user()),
+        vec![("hello after a lost answer".into(), "received".into())]
+    );
+    // A request that never reached the server: registering again creates the account.
+    let user2 = fresh("never");
+    let dir2 = TempDir::new().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut c = Client::open(dir2.path(), &format!("http://{closed}"), None).unwrap();
+    assert!(matches!(
+        c.register(&user2).await,
+        Err(ClientError::Unreachable { .. })
+    ));
+    drop(c);
+    let mut c = Client::open(dir2.path(), &endpoint(), None).unwrap();
+    let (u2, _) = c.register(&user2).await.unwrap();
+    assert_eq!(u2, user2);
+    assert_eq!(c.devices().await.unwrap().len(), 1);
+}
