@@ -468,6 +468,7 @@ mod tests {
             body: B64(vec![1, 2, 3, 250]),
             key: B64(vec![9; 40]),
             server_ts: 1_732_730_000_000,
+            group: None,
         }
     }
 
