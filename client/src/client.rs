@@ -1153,7 +1153,8 @@ impl Client {
                 message_id: B64(
                     hex::decode(&message_id).map_err(|e| ClientError::Internal(e.to_string()))?
                 ),
-                to: to.to_string(),
+                to: Some(to.to_string()),
+                group: None,
                 body: B64(body),
                 envelopes,
                 ephemeral: false,
@@ -1221,7 +1222,8 @@ impl Client {
         };
         let req = SendRequest {
             message_id: B64(mid.as_bytes().to_vec()),
-            to: to.to_string(),
+            to: Some(to.to_string()),
+            group: None,
             body: B64(body.bytes),
             envelopes,
             ephemeral: true,

@@ -436,8 +436,8 @@ fn compact(v: &Value, max: usize) -> String {
 mod tests {
     use cipherpost_backend::{
         api::{
-            AckResponse, DeviceBundle, DeviceRef, DeviceRegistered, DeviceRevoked, Envelope,
-            KeyBundleResponse, OneTimePreKeyJson, PreKeyCount, Push, SendResponse,
+            AckResponse, DeviceBundle, DeviceRef, DeviceRegistered, DeviceRevoked, Envelope, Group,
+            GroupMember, KeyBundleResponse, OneTimePreKeyJson, PreKeyCount, Push, SendResponse,
             SignedPreKeyJson, SyncResponse, B64,
         },
         ApiError, HttpResponse,
@@ -457,6 +457,21 @@ mod tests {
         json!({"message_id": "67ztz7npY6AyfC55EE1xCA", "server_ts": 1_732_730_000_000u64, "queued": 3})
     }
 
+    fn group() -> Group {
+        Group {
+            group_id: B64(vec![3; 16]),
+            version: 2,
+            members: vec![GroupMember {
+                user: "alice".into(),
+                admin: true,
+            }],
+            devices: vec![DeviceRef {
+                user: "alice".into(),
+                device_id: 1,
+            }],
+        }
+    }
+
     fn envelope(id: &str) -> Envelope {
         Envelope {
             id: id.into(),
@@ -468,6 +483,7 @@ mod tests {
             body: B64(vec![1, 2, 3, 250]),
             key: B64(vec![9; 40]),
             server_ts: 1_732_730_000_000,
+            group: None,
         }
     }
 
@@ -485,6 +501,13 @@ mod tests {
             ("PUT", "/v1/messages"),
             ("GET", "/v1/messages"),
             ("POST", "/v1/messages/ack"),
+            ("POST", "/v1/groups"),
+            ("GET", "/v1/groups/{group}"),
+            ("POST", "/v1/groups/{group}/members"),
+            ("DELETE", "/v1/groups/{group}/members/{user}"),
+            ("PUT", "/v1/groups/{group}/admins/{user}"),
+            ("DELETE", "/v1/groups/{group}/admins/{user}"),
+            ("POST", "/v1/groups/{group}/leave"),
         ];
         for (m, t) in ops {
             let op = format!("/paths/{}/{}", escape_pointer(t), m.to_ascii_lowercase());
@@ -627,12 +650,12 @@ mod tests {
         let e = check_response(
             "PUT",
             "/v1/messages",
-            403,
-            &json!({"error": "forbidden", "message": "x"}),
+            410,
+            &json!({"error": "gone", "message": "x"}),
         )
         .unwrap_err();
         assert!(
-            e.contains("status 403 is not documented for PUT /v1/messages"),
+            e.contains("status 410 is not documented for PUT /v1/messages"),
             "{e}"
         );
         check_response(
@@ -831,6 +854,38 @@ mod tests {
                 200,
                 json!(AckResponse { acknowledged: 2 }),
             ),
+            ("POST", "/v1/groups", 201, json!(group())),
+            (
+                "GET",
+                "/v1/groups/kq3Zp0wV2sTq9mXoB1c4aA",
+                200,
+                json!(group()),
+            ),
+            (
+                "DELETE",
+                "/v1/groups/kq3Zp0wV2sTq9mXoB1c4aA/admins/bob",
+                200,
+                json!(group()),
+            ),
+            (
+                "POST",
+                "/v1/groups/kq3Zp0wV2sTq9mXoB1c4aA/leave",
+                204,
+                Value::Null,
+            ),
+            (
+                "GET",
+                "/v1/messages",
+                200,
+                json!(SyncResponse {
+                    envelopes: vec![Envelope {
+                        key: B64(vec![]),
+                        group: Some(B64(vec![1; 16])),
+                        ..envelope("1732730000000:0707:alice:3141592653")
+                    }],
+                    next_cursor: None
+                }),
+            ),
         ];
         for (m, p, status, body) in cases {
             check_response(m, p, status, &body).unwrap_or_else(|e| panic!("{e}"));
@@ -934,6 +989,41 @@ mod tests {
                 "POST",
                 "/v1/messages/ack",
                 ApiError::bad_request("invalid_ack", "x"),
+            ),
+            (
+                "PUT",
+                "/v1/messages",
+                ApiError::conflict("group_changed", "x").with("group", json!(group())),
+            ),
+            (
+                "PUT",
+                "/v1/messages",
+                ApiError::new(403, "not_a_member", "x"),
+            ),
+            (
+                "PUT",
+                "/v1/messages",
+                ApiError::bad_request("invalid_group_message", "x"),
+            ),
+            (
+                "POST",
+                "/v1/groups",
+                ApiError::bad_request("too_many_members", "x"),
+            ),
+            (
+                "POST",
+                "/v1/groups/kq3Zp0wV2sTq9mXoB1c4aA/members",
+                ApiError::new(403, "not_admin", "x"),
+            ),
+            (
+                "DELETE",
+                "/v1/groups/kq3Zp0wV2sTq9mXoB1c4aA/admins/bob",
+                ApiError::conflict("last_admin", "x"),
+            ),
+            (
+                "POST",
+                "/v1/groups/kq3Zp0wV2sTq9mXoB1c4aA/leave",
+                ApiError::conflict("successor_required", "x"),
             ),
         ];
         for (m, p, e) in cases {

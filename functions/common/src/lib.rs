@@ -76,6 +76,10 @@ fn json_headers(retry_after: Option<u64>) -> HeaderMap {
 pub fn http_response(r: HttpResponse) -> ApiGatewayV2httpResponse {
     let mut out = ApiGatewayV2httpResponse::default();
     out.status_code = i64::from(r.status);
+    if r.status == 204 {
+        // No Content: no body and no content type.
+        return out;
+    }
     out.headers = json_headers(r.retry_after);
     out.body = Some(Body::Text(r.body.to_string()));
     out

@@ -135,6 +135,33 @@ mod functions {
             route!(PUT, "/v1/messages", cipherpost_fn_send::handler),
             route!(GET, "/v1/messages", cipherpost_fn_sync::handler),
             route!(POST, "/v1/messages/ack", cipherpost_fn_sync::handler),
+            route!(POST, "/v1/groups", cipherpost_fn_groups::handler),
+            route!(GET, "/v1/groups/{group}", cipherpost_fn_groups::handler),
+            route!(
+                POST,
+                "/v1/groups/{group}/members",
+                cipherpost_fn_groups::handler
+            ),
+            route!(
+                DELETE,
+                "/v1/groups/{group}/members/{user}",
+                cipherpost_fn_groups::handler
+            ),
+            route!(
+                PUT,
+                "/v1/groups/{group}/admins/{user}",
+                cipherpost_fn_groups::handler
+            ),
+            route!(
+                DELETE,
+                "/v1/groups/{group}/admins/{user}",
+                cipherpost_fn_groups::handler
+            ),
+            route!(
+                POST,
+                "/v1/groups/{group}/leave",
+                cipherpost_fn_groups::handler
+            ),
         ]);
         config.connect = ws_handler(move |event| cipherpost_fn_ws_connect::handler(backend, event));
         config.disconnect =

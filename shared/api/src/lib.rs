@@ -232,12 +232,18 @@ pub struct EnvelopeKey {
 pub struct SendRequest {
     /// 16 random bytes chosen by the sender; sends are idempotent on (sender device, id).
     pub message_id: B64,
-    /// The recipient account (the sender's own for messages to its other devices only).
-    pub to: String,
-    /// The body, encrypted once.
+    /// The recipient account (the sender's own for messages to its other devices only). Exactly
+    /// one of `to` and `group` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// A group message: the group and the membership the sender encrypted for. Exactly one of
+    /// `to` and `group` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupSend>,
+    /// The body, encrypted once (for a group message: the sender-key message).
     pub body: B64,
     /// One key envelope per destination device: every active device of `to` and every other
-    /// active device of the sender.
+    /// active device of the sender. Empty for a group message.
     pub envelopes: Vec<EnvelopeKey>,
     /// Pushed to online devices only, never stored (typing indicators).
     #[serde(default)]
@@ -266,10 +272,13 @@ pub struct Envelope {
     pub sender: DeviceRef,
     /// The body, encrypted once.
     pub body: B64,
-    /// This device's key envelope.
+    /// This device's key envelope (empty for a group message).
     pub key: B64,
     /// When the server accepted the message (Unix ms).
     pub server_ts: u64,
+    /// The group of a group message (its `body` is a sender-key message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<B64>,
 }
 
 /// `GET /v1/messages`.
@@ -335,4 +344,91 @@ pub struct ErrorBody {
     /// Envelopes for devices that are not active (409 `device_mismatch`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stale: Vec<DeviceRef>,
+    /// The group as it is now (409 `group_changed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+}
+
+/// What a group send names besides the body: the group and the membership the sender encrypted
+/// for. A send whose `version` or `devices_digest` differs from the group's current ones is
+/// refused with 409 `group_changed` (and the current [`Group`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSend {
+    /// The group id (16 bytes).
+    pub group_id: B64,
+    /// The group version the sender knows.
+    pub version: u64,
+    /// [`devices_digest`] of the devices the sender encrypted for (32 bytes): [`Group::devices`]
+    /// as the sender knows it, its own devices included.
+    pub devices_digest: B64,
+}
+
+/// `POST /v1/groups`: the caller becomes the group's first admin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    /// 16 random bytes chosen by the creator.
+    pub group_id: B64,
+    /// The other members (existing accounts, no duplicates; the caller may be listed).
+    pub members: Vec<String>,
+}
+
+/// `POST /v1/groups/{group}/members` (admins only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMembersRequest {
+    /// Accounts to add as members (current members are ignored).
+    pub users: Vec<String>,
+}
+
+/// `POST /v1/groups/{group}/leave`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveGroupRequest {
+    /// Another member who becomes admin; required when the last admin leaves others behind.
+    #[serde(default)]
+    pub successor: Option<String>,
+}
+
+/// A member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    /// The account.
+    pub user: String,
+    /// Whether it may add, remove, promote and demote.
+    pub admin: bool,
+}
+
+/// A group as the server keeps it: members, admins and every device a group message goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// The group id (16 bytes).
+    pub group_id: B64,
+    /// Increases by one with every change of members or admins.
+    pub version: u64,
+    /// The members, sorted by user.
+    pub members: Vec<GroupMember>,
+    /// Every active device of every member, sorted by (user, device_id).
+    pub devices: Vec<DeviceRef>,
+}
+
+/// The digest a group send names: SHA-256 over `devices` sorted by (user, device_id), each as
+/// `u16be(len(user)) || user || u32be(device_id)`. Server and clients compute it with this one
+/// function; the order of `devices` does not matter, duplicates count.
+pub fn devices_digest(devices: &[DeviceRef]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&DeviceRef> = devices.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for d in sorted {
+        // User ids are at most 32 bytes (PROTOCOL.md); a longer string is cut at u16::MAX,
+        // which no valid id reaches.
+        let user = d.user.as_bytes();
+        let len = u16::try_from(user.len()).unwrap_or(u16::MAX);
+        h.update(len.to_be_bytes());
+        h.update(&user[..usize::from(len)]);
+        h.update(d.device_id.to_be_bytes());
+    }
+    h.finalize().into()
 }

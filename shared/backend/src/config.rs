@@ -23,6 +23,8 @@ pub struct Tables {
     pub replay: String,
     /// Rate-limit counters: key `limit_key`; TTL `ttl`.
     pub limits: String,
+    /// Groups: key `group_id` (unpadded base64url of the 16-byte id).
+    pub groups: String,
 }
 
 /// Tunable limits (DESIGN.md, "Limits").
@@ -51,6 +53,8 @@ pub struct Limits {
     pub max_ack_ids: usize,
     /// Most envelopes per message.
     pub max_envelopes: usize,
+    /// Most members per group. Env `CIPHERPOST_MAX_GROUP_MEMBERS`.
+    pub max_group_members: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +71,7 @@ impl Default for Limits {
             max_sync_page: 500,
             max_ack_ids: 100,
             max_envelopes: 40,
+            max_group_members: 1000,
         }
     }
 }
@@ -125,6 +130,7 @@ impl Config {
                 connections: table("connections"),
                 replay: table("replay"),
                 limits: table("limits"),
+                groups: table("groups"),
             },
             bucket: env::var("CIPHERPOST_BUCKET")
                 .unwrap_or_else(|_| "cipherpost-attachments".into()),
@@ -139,6 +145,7 @@ impl Config {
                     d.max_prekeys_per_upload,
                 )?,
                 queue_ttl_secs: number("CIPHERPOST_QUEUE_TTL_SECS", d.queue_ttl_secs)?,
+                max_group_members: number("CIPHERPOST_MAX_GROUP_MEMBERS", d.max_group_members)?,
                 ..d
             },
         })

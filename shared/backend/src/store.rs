@@ -1,18 +1,19 @@
 //! The DynamoDB store: every read and write the service layer makes, through `aws-sdk-dynamodb`.
 //! Multi-item changes that must happen together are single `TransactWriteItems` calls.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aws_sdk_dynamodb::{
     error::SdkError,
     operation::transact_write_items::TransactWriteItemsError,
     primitives::Blob,
     types::{
-        AttributeValue, DeleteRequest, Put, PutRequest, ReturnValue, Select, TransactWriteItem,
-        Update, WriteRequest,
+        AttributeValue, DeleteRequest, KeysAndAttributes, Put, PutRequest, ReturnValue, Select,
+        TransactWriteItem, Update, WriteRequest,
     },
     Client,
 };
+use futures::{stream, StreamExt, TryStreamExt};
 use rand_core::{OsRng, RngCore};
 
 use crate::config::Tables;
@@ -190,27 +191,37 @@ pub struct QueueItem {
     pub sender_device: u32,
     /// The encrypted body.
     pub body: Vec<u8>,
-    /// This device's key envelope.
+    /// This device's key envelope (empty for a group message).
     pub key: Vec<u8>,
     /// Accepted at (Unix ms).
     pub server_ts: u64,
     /// Expires at (Unix seconds).
     pub ttl: u64,
+    /// The group id of a group message.
+    pub group: Option<Vec<u8>>,
 }
 
 impl QueueItem {
     fn to_item(&self) -> Item {
-        HashMap::from([
+        let mut item = HashMap::from([
             ("device_key".into(), s(&self.device_key)),
             ("sort".into(), s(&self.sort)),
             ("message_id".into(), b(self.message_id.clone())),
             ("sender_user".into(), s(&self.sender_user)),
             ("sender_device".into(), n(self.sender_device)),
             ("body".into(), b(self.body.clone())),
-            ("key".into(), b(self.key.clone())),
             ("server_ts".into(), n(self.server_ts)),
             ("ttl".into(), n(self.ttl)),
-        ])
+        ]);
+        // A group message has no key envelope: the attribute is left out rather than stored
+        // empty.
+        if !self.key.is_empty() {
+            item.insert("key".into(), b(self.key.clone()));
+        }
+        if let Some(g) = &self.group {
+            item.insert("group_id".into(), b(g.clone()));
+        }
+        item
     }
 
     fn from_item(item: &Item) -> Result<Self, StoreError> {
@@ -221,12 +232,104 @@ impl QueueItem {
             sender_user: get_s(item, "sender_user")?,
             sender_device: get_n(item, "sender_device")?,
             body: get_b(item, "body")?,
-            key: get_b(item, "key")?,
+            key: match item.get("key") {
+                None => Vec::new(),
+                Some(_) => get_b(item, "key")?,
+            },
             server_ts: get_n(item, "server_ts")?,
             ttl: get_n(item, "ttl")?,
+            group: match item.get("group_id") {
+                None => None,
+                Some(_) => Some(get_b(item, "group_id")?),
+            },
         })
     }
 }
+
+/// A group: its members (user -> admin?) and version. Stored as one item keyed by `group_id`
+/// (unpadded base64url of the 16-byte id) with `version` N, `members` M (user -> "admin" |
+/// "member"), `creator` S and `created_at` N.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// Unpadded base64url of the 16-byte group id.
+    pub group_id: String,
+    /// Increases by one with every change.
+    pub version: u64,
+    /// Members, by user: `true` for admins.
+    pub members: BTreeMap<String, bool>,
+    /// The account that created the group.
+    pub creator: String,
+    /// When it was created (Unix ms).
+    pub created_at: u64,
+}
+
+impl GroupRecord {
+    fn to_item(&self) -> Item {
+        let members = self
+            .members
+            .iter()
+            .map(|(u, admin)| (u.clone(), s(if *admin { "admin" } else { "member" })))
+            .collect();
+        HashMap::from([
+            ("group_id".into(), s(&self.group_id)),
+            ("version".into(), n(self.version)),
+            ("members".into(), AttributeValue::M(members)),
+            ("creator".into(), s(&self.creator)),
+            ("created_at".into(), n(self.created_at)),
+        ])
+    }
+
+    fn from_item(item: &Item) -> Result<Self, StoreError> {
+        let members = item
+            .get("members")
+            .and_then(|v| v.as_m().ok())
+            .ok_or(StoreError::Corrupt("members"))?
+            .iter()
+            .map(|(u, role)| match role.as_s().map(String::as_str) {
+                Ok("admin") => Ok((u.clone(), true)),
+                Ok("member") => Ok((u.clone(), false)),
+                _ => Err(StoreError::Corrupt("members")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            group_id: get_s(item, "group_id")?,
+            version: get_n(item, "version")?,
+            members,
+            creator: get_s(item, "creator")?,
+            created_at: get_n(item, "created_at")?,
+        })
+    }
+}
+
+/// An active device as a fan-out needs it: its address and open connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveDevice {
+    /// The account.
+    pub user: String,
+    /// The device id.
+    pub device_id: u32,
+    /// The device's open WebSocket connection, if any.
+    pub connection_id: Option<String>,
+}
+
+/// The idempotency record of a group send, written before its queue items: the server time
+/// (and so every queue key) a retry must reuse, and whether every item was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendRecord {
+    /// Accepted at (Unix ms).
+    pub server_ts: u64,
+    /// Devices it was queued for.
+    pub queued: usize,
+    /// False while a group send's queue items may not all be written yet.
+    pub complete: bool,
+}
+
+/// Queue writes in flight at once during a fan-out (BatchWriteItem calls of 25).
+const FAN_OUT_CONCURRENCY: usize = 8;
+/// Device queries in flight at once when reading a group's devices.
+const DEVICE_READ_CONCURRENCY: usize = 16;
+/// Keys per BatchGetItem call (DynamoDB's limit).
+const BATCH_GET_KEYS: usize = 100;
 
 /// A connection record (for `$disconnect`, which knows only the connection id).
 #[derive(Debug, Clone)]
@@ -597,30 +700,38 @@ impl Store {
 
     async fn batch_write(&self, table: &str, writes: Vec<WriteRequest>) -> Result<(), StoreError> {
         for chunk in writes.chunks(25) {
-            let mut pending = chunk.to_vec();
-            let mut attempt = 0u32;
-            while !pending.is_empty() {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(table, pending)
-                    .send()
-                    .await
-                    .map_err(dynamo)?;
-                pending = out
-                    .unprocessed_items
-                    .and_then(|mut m| m.remove(table))
-                    .unwrap_or_default();
-                if !pending.is_empty() {
-                    attempt += 1;
-                    if attempt > 8 {
-                        return Err(StoreError::Dynamo(
-                            "batch write kept being throttled".into(),
-                        ));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(25 << attempt.min(6)))
-                        .await;
+            self.batch_write_chunk(table, chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// One BatchWriteItem of at most 25 writes, its unprocessed items retried with backoff.
+    async fn batch_write_chunk(
+        &self,
+        table: &str,
+        mut pending: Vec<WriteRequest>,
+    ) -> Result<(), StoreError> {
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await
+                .map_err(dynamo)?;
+            pending = out
+                .unprocessed_items
+                .and_then(|mut m| m.remove(table))
+                .unwrap_or_default();
+            if !pending.is_empty() {
+                attempt += 1;
+                if attempt > 8 {
+                    return Err(StoreError::Dynamo(
+                        "batch write kept being throttled".into(),
+                    ));
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(25 << attempt.min(6))).await;
             }
         }
         Ok(())
@@ -969,6 +1080,283 @@ impl Store {
             Err(e) => Err(dynamo(e)),
         }
     }
+}
+
+/// Groups and group sends.
+impl Store {
+    /// The group, read consistently.
+    pub async fn get_group(&self, group_id: &str) -> Result<Option<GroupRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.groups)
+            .key("group_id", s(group_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo)?;
+        out.item.as_ref().map(GroupRecord::from_item).transpose()
+    }
+
+    /// Creates a group. `Conditional` when the id is taken.
+    pub async fn create_group(&self, group: &GroupRecord) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.tables.groups)
+            .set_item(Some(group.to_item()))
+            .condition_expression("attribute_not_exists(group_id)")
+            .send()
+            .await
+            .map_err(conditional_or)?;
+        Ok(())
+    }
+
+    /// Replaces a group whose stored version is still `expected` (optimistic concurrency).
+    /// `Conditional` when someone changed (or deleted) it since it was read.
+    pub async fn update_group(&self, group: &GroupRecord, expected: u64) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.tables.groups)
+            .set_item(Some(group.to_item()))
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", n(expected))
+            .send()
+            .await
+            .map_err(conditional_or)?;
+        Ok(())
+    }
+
+    /// Deletes a group whose stored version is still `expected`. `Conditional` otherwise.
+    pub async fn delete_group(&self, group_id: &str, expected: u64) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.tables.groups)
+            .key("group_id", s(group_id))
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", n(expected))
+            .send()
+            .await
+            .map_err(conditional_or)?;
+        Ok(())
+    }
+
+    /// Which of `users` have no account (BatchGetItem of 100 keys, projected to the key,
+    /// unprocessed keys retried with backoff).
+    pub async fn missing_accounts(&self, users: &[String]) -> Result<Vec<String>, StoreError> {
+        let table = &self.tables.accounts;
+        let wanted: BTreeSet<&str> = users.iter().map(String::as_str).collect();
+        let mut found: BTreeSet<String> = BTreeSet::new();
+        let unique: Vec<&str> = wanted.iter().copied().collect();
+        for chunk in unique.chunks(BATCH_GET_KEYS) {
+            let keys: Vec<Item> = chunk
+                .iter()
+                .map(|u| HashMap::from([("user".to_owned(), s(*u))]))
+                .collect();
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .projection_expression("#u")
+                    .expression_attribute_names("#u", "user")
+                    .consistent_read(true)
+                    .build()
+                    .map_err(dynamo)?,
+            );
+            let mut attempt = 0u32;
+            while let Some(request) = pending.take() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(table, request)
+                    .send()
+                    .await
+                    .map_err(dynamo)?;
+                for item in out
+                    .responses
+                    .as_ref()
+                    .and_then(|r| r.get(table))
+                    .into_iter()
+                    .flatten()
+                {
+                    found.insert(get_s(item, "user")?);
+                }
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut m| m.remove(table))
+                    .filter(|k| !k.keys().is_empty());
+                if pending.is_some() {
+                    attempt += 1;
+                    if attempt > 8 {
+                        return Err(StoreError::Dynamo("batch get kept being throttled".into()));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(25 << attempt.min(6)))
+                        .await;
+                }
+            }
+        }
+        Ok(wanted
+            .into_iter()
+            .filter(|u| !found.contains(*u))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The active devices of one account, projected to what a fan-out needs.
+    pub async fn active_devices(&self, user: &str) -> Result<Vec<ActiveDevice>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.tables.devices)
+            .key_condition_expression("#u = :u")
+            .projection_expression("#u, device, #st, connection_id")
+            .expression_attribute_names("#u", "user")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":u", s(user))
+            .consistent_read(true)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for item in page.map_err(dynamo)?.items() {
+                if get_s(item, "status")? != "active" {
+                    continue;
+                }
+                out.push(ActiveDevice {
+                    user: get_s(item, "user")?,
+                    device_id: get_n(item, "device")?,
+                    connection_id: item
+                        .get("connection_id")
+                        .and_then(|v| v.as_s().ok())
+                        .cloned(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The active devices of every one of `users`, read in parallel (a bounded number of
+    /// queries in flight), sorted by (user, device id).
+    pub async fn active_devices_of<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a String>,
+    ) -> Result<Vec<ActiveDevice>, StoreError> {
+        // The futures are built first and then polled a bounded number at a time (a closure
+        // inside the stream would make the caller's future not `Send` for every lifetime).
+        let reads: Vec<_> = users.into_iter().map(|u| self.active_devices(u)).collect();
+        let lists: Vec<Vec<ActiveDevice>> = stream::iter(reads)
+            .buffer_unordered(DEVICE_READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut all: Vec<ActiveDevice> = lists.into_iter().flatten().collect();
+        all.sort_by(|a, b| (&a.user, a.device_id).cmp(&(&b.user, b.device_id)));
+        Ok(all)
+    }
+
+    /// Records a group send before any of its queue items is written: its server time (so a
+    /// retry writes the same queue keys) and its size, marked incomplete. `Conditional` when
+    /// this (sender device, message id) was recorded before.
+    pub async fn begin_group_send(
+        &self,
+        send_key: &str,
+        server_ts: u64,
+        queued: usize,
+        ttl: u64,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.tables.sends)
+            .set_item(Some(send_record(send_key, server_ts, queued, ttl, false)))
+            .condition_expression("attribute_not_exists(send_key)")
+            .send()
+            .await
+            .map_err(conditional_or)?;
+        Ok(())
+    }
+
+    /// Marks a group send complete once every queue item is written.
+    pub async fn complete_group_send(
+        &self,
+        send_key: &str,
+        server_ts: u64,
+        queued: usize,
+        ttl: u64,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.tables.sends)
+            .set_item(Some(send_record(send_key, server_ts, queued, ttl, true)))
+            .send()
+            .await
+            .map_err(dynamo)?;
+        Ok(())
+    }
+
+    /// A recorded send with its completeness (a 1:1 send is recorded complete in the same
+    /// transaction as its envelopes).
+    pub async fn get_send_record(&self, send_key: &str) -> Result<Option<SendRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.tables.sends)
+            .key("send_key", s(send_key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo)?;
+        out.item
+            .map(|i| {
+                Ok(SendRecord {
+                    server_ts: get_n(&i, "server_ts")?,
+                    queued: get_n(&i, "queued")?,
+                    complete: i
+                        .get("complete")
+                        .and_then(|v| v.as_bool().ok())
+                        .copied()
+                        .unwrap_or(true),
+                })
+            })
+            .transpose()
+    }
+
+    /// Writes queue items in BatchWriteItem calls of 25, a bounded number in flight, each
+    /// retrying its unprocessed items with backoff. Puts are idempotent: writing the same items
+    /// again (a retry) leaves one item per key.
+    pub async fn enqueue_fan_out(&self, items: &[QueueItem]) -> Result<(), StoreError> {
+        let table = self.tables.queue.as_str();
+        let writes: Vec<WriteRequest> = items
+            .iter()
+            .map(|e| {
+                Ok(WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(e.to_item()))
+                            .build()
+                            .map_err(dynamo)?,
+                    )
+                    .build())
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let chunks: Vec<_> = writes
+            .chunks(25)
+            .map(|chunk| self.batch_write_chunk(table, chunk.to_vec()))
+            .collect();
+        stream::iter(chunks)
+            .buffer_unordered(FAN_OUT_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+}
+
+fn send_record(send_key: &str, server_ts: u64, queued: usize, ttl: u64, complete: bool) -> Item {
+    HashMap::from([
+        ("send_key".into(), s(send_key)),
+        ("server_ts".into(), n(server_ts)),
+        ("queued".into(), n(queued)),
+        ("ttl".into(), n(ttl)),
+        ("complete".into(), AttributeValue::Bool(complete)),
+    ])
 }
 
 fn is_conditional<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {

@@ -72,5 +72,6 @@ pub use crate::{
 };
 
 // Filled module by module; the allow goes once every module exports items.
+pub use crate::sender_key::SenderKeyMessageHeader;
 #[allow(unreachable_pub, unused_imports)]
 pub use crate::{attachment::*, auth::*, body::*, sender_key::*};

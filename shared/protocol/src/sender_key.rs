@@ -399,6 +399,39 @@ impl fmt::Debug for DecryptedGroupMessage {
     }
 }
 
+/// The public header of a group message (`hdr`), read without any key: what the server checks
+/// against the authenticated sender, the group and the message id before it fans the message
+/// out. Parsing checks only the framing (type byte, field lengths, room for the tag and the
+/// signature); the signature can be verified only by members holding the sender key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SenderKeyMessageHeader {
+    /// The group.
+    pub group_id: GroupId,
+    /// The sending device.
+    pub sender: DeviceAddress,
+    /// The sender key it is sealed under.
+    pub key_id: u32,
+    /// Its iteration.
+    pub iteration: u32,
+    /// The group message's server `message_id`.
+    pub message_id: MessageId,
+}
+
+impl SenderKeyMessageHeader {
+    /// Parses the header of a wire group message (`0x03 || group_id || sender || key_id || i ||
+    /// message_id || SEAL(...) || SIG`), refusing anything that is not a well-framed one.
+    pub fn parse(wire: &[u8]) -> Result<Self, DecodeError> {
+        let m = GroupMessage::parse(wire)?;
+        Ok(Self {
+            group_id: m.group_id,
+            sender: m.sender,
+            key_id: m.key_id,
+            iteration: m.iteration,
+            message_id: m.message_id,
+        })
+    }
+}
+
 /// A parsed group message, borrowing the wire bytes.
 struct GroupMessage<'a> {
     group_id: GroupId,

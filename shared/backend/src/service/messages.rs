@@ -65,8 +65,22 @@ impl Backend {
         let caller = self.authenticate(req, now).await?;
         let msg: SendRequest = req.json()?;
         let message_id = msg.message_id.array::<16>("message_id")?;
-        let to = UserId::new(&msg.to)
-            .map_err(|e| ApiError::bad_request("invalid_user", e.to_string()))?;
+        let to = match (&msg.to, &msg.group) {
+            (Some(to), None) => to,
+            (None, Some(group)) => {
+                return self
+                    .send_group_message(&caller, &msg, group, message_id, now)
+                    .await
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_recipient",
+                    "a message names exactly one of `to` and `group`",
+                ))
+            }
+        };
+        let to =
+            UserId::new(to).map_err(|e| ApiError::bad_request("invalid_user", e.to_string()))?;
         if msg.body.0.len() > limits.max_body_bytes {
             return Err(ApiError::new(
                 413,
@@ -186,6 +200,7 @@ impl Backend {
                 key: e.key.0.clone(),
                 server_ts: now,
                 ttl,
+                group: None,
             })
             .collect();
         match self.store.enqueue(&send_key, now, ttl, &items).await {
@@ -264,6 +279,7 @@ impl Backend {
                     body: msg.body.clone(),
                     key: e.key.clone(),
                     server_ts: now,
+                    group: None,
                 };
                 Some(async move { self.push_to(d, conn, &Push::Ephemeral { envelope }).await })
             });
@@ -287,6 +303,17 @@ impl Backend {
     /// Pushes to a device's connection; a gone connection is forgotten (the envelope stays
     /// queued for sync). An envelope too large for one frame becomes a sync hint.
     pub(crate) async fn push_to(&self, d: &DeviceRecord, conn: &str, push: &Push) -> PushOutcome {
+        self.push_to_device(&d.user, d.device_id, conn, push).await
+    }
+
+    /// [`Backend::push_to`] by device address.
+    pub(crate) async fn push_to_device(
+        &self,
+        user: &str,
+        device_id: u32,
+        conn: &str,
+        push: &Push,
+    ) -> PushOutcome {
         let mut data = serde_json::to_vec(push).unwrap_or_default();
         if data.len() > MAX_PUSH_BYTES {
             data = serde_json::to_vec(&Push::Sync).unwrap_or_default();
@@ -294,7 +321,7 @@ impl Backend {
         let outcome = self.pusher.post(conn, data).await;
         match &outcome {
             PushOutcome::Gone => {
-                if let Err(e) = self.store.drop_connection(&d.user, d.device_id, conn).await {
+                if let Err(e) = self.store.drop_connection(user, device_id, conn).await {
                     tracing::warn!(error = %e, "forgetting a gone connection failed");
                 }
             }
@@ -376,7 +403,7 @@ impl Backend {
     }
 }
 
-fn envelope_of(item: &QueueItem) -> Envelope {
+pub(crate) fn envelope_of(item: &QueueItem) -> Envelope {
     Envelope {
         id: item.sort.clone(),
         message_id: B64(item.message_id.clone()),
@@ -387,5 +414,6 @@ fn envelope_of(item: &QueueItem) -> Envelope {
         body: B64(item.body.clone()),
         key: B64(item.key.clone()),
         server_ts: item.server_ts,
+        group: item.group.clone().map(B64),
     }
 }

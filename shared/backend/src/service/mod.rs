@@ -1,8 +1,10 @@
 //! What each route does. One module per function: accounts (register), keys, messages (send,
-//! sync) and connections (ws-connect, ws-disconnect).
+//! sync), groups (groups, and the group half of send) and connections (ws-connect,
+//! ws-disconnect).
 
 mod accounts;
 mod connections;
+mod groups;
 mod keys;
 mod messages;
 

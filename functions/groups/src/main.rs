@@ -1,0 +1,7 @@
+//! The `groups` Lambda: SDK clients built once, then events served by [`cipherpost_fn_groups::handler`].
+#![recursion_limit = "256"]
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    cipherpost_lambda::run(cipherpost_fn_groups::handler).await
+}
