@@ -27,6 +27,10 @@ use crate::{
     store::{self, Store},
 };
 
+mod groups;
+
+pub use groups::GroupInfo;
+
 /// An outbox row: message id, body, body key, stored envelopes.
 type OutboxRow = (String, Vec<u8>, Vec<u8>, Option<String>);
 
@@ -127,6 +131,10 @@ pub struct Client {
     endpoint: String,
     ws_url: String,
     me: Option<Me>,
+    /// A group message waits for its sender key (left queued in this sync pass).
+    awaiting_sender_key: bool,
+    /// A sender key arrived in this sync pass.
+    received_sender_key: bool,
 }
 
 /// A device id as a decimal string for SQL.
@@ -380,6 +388,8 @@ impl Client {
             endpoint,
             ws_url,
             me: None,
+            awaiting_sender_key: false,
+            received_sender_key: false,
         };
         client.me = client.load_me()?;
         Ok(client)
@@ -1055,23 +1065,27 @@ impl Client {
     /// number of messages delivered.
     pub async fn flush_outbox(&mut self) -> Result<usize, ClientError> {
         self.linked_me()?;
-        let rows: Vec<(i64, String)> = {
+        let rows: Vec<(i64, String, Option<String>)> = {
             let mut st = self
                 .store
                 .conn
-                .prepare("SELECT seq, to_user FROM outbox ORDER BY seq")?;
+                .prepare("SELECT seq, to_user, group_id FROM outbox ORDER BY seq")?;
             let rows = st
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
             rows
         };
         let mut blocked = BTreeSet::new();
         let mut sent = 0;
-        for (seq, to) in rows {
+        for (seq, to, group) in rows {
             if blocked.contains(&to) {
                 continue;
             }
-            match self.deliver(seq, &to).await {
+            let delivered = match &group {
+                Some(g) => self.deliver_group(seq, g).await,
+                None => self.deliver(seq, &to).await,
+            };
+            match delivered {
                 Ok(()) => sent += 1,
                 Err(ClientError::KeyChanged(u)) => {
                     blocked.insert(u);
@@ -1349,6 +1363,9 @@ impl Client {
         if seen.is_some() {
             return Ok((true, Vec::new()));
         }
+        if let Some(group) = &env.group {
+            return self.process_group_envelope(env, group, ephemeral).await;
+        }
         let sender_user = env.sender.user.clone();
         let sender_identity = match self
             .sender_identity(&sender_user, env.sender.device_id)
@@ -1405,6 +1422,7 @@ impl Client {
         }
         let from_self = sender_user == me.user.as_str();
         let mut events = Vec::new();
+        let mut got_sender_key = false;
         if !ephemeral {
             tx.execute(
                 "INSERT INTO seen (sender_user, message_id) VALUES (?1, ?2)",
@@ -1469,6 +1487,18 @@ impl Client {
                     });
                 }
             }
+            Content::SenderKey {
+                group_id,
+                distribution,
+            } if !ephemeral => {
+                match groups::receive_distribution(&tx, &env.sender, &group_id, &distribution) {
+                    Ok(()) => got_sender_key = true,
+                    Err(e) => store::notice(
+                        &tx,
+                        &format!("a sender key from {sender_user} was refused: {e}"),
+                    )?,
+                }
+            }
             Content::ReadSync {
                 conversation,
                 message_ids,
@@ -1515,10 +1545,13 @@ impl Client {
                 }
             }
             other => {
-                tracing::debug!(?other, "content ignored in this context");
+                tracing::debug!(kind = other.kind(), "content ignored in this context");
             }
         }
         tx.commit()?;
+        if got_sender_key {
+            self.received_sender_key = true;
+        }
         Ok((!ephemeral, events))
     }
 
@@ -1577,6 +1610,27 @@ impl Client {
     pub async fn sync(&mut self) -> Result<Vec<Event>, ClientError> {
         self.me()?;
         let mut events = Vec::new();
+        // A group message can come before the sender key it needs (they travel apart): when a
+        // pass left one queued and also brought a sender key, one more pass opens it.
+        for _ in 0..2 {
+            self.awaiting_sender_key = false;
+            self.received_sender_key = false;
+            self.sync_pass(&mut events).await?;
+            if !(self.awaiting_sender_key && self.received_sender_key) {
+                break;
+            }
+        }
+        self.store
+            .set_meta("last_sync_ms", now_ms().to_string().as_bytes())?;
+        if self.is_linked()? {
+            self.maintain_prekeys(false).await?;
+            self.flush_outbox().await?;
+        }
+        events.extend(self.take_notices()?);
+        Ok(events)
+    }
+
+    async fn sync_pass(&mut self, events: &mut Vec<Event>) -> Result<(), ClientError> {
         let mut cursor: Option<String> = None;
         loop {
             let pq = match &cursor {
@@ -1609,14 +1663,7 @@ impl Client {
                 _ => break,
             }
         }
-        self.store
-            .set_meta("last_sync_ms", now_ms().to_string().as_bytes())?;
-        if self.is_linked()? {
-            self.maintain_prekeys(false).await?;
-            self.flush_outbox().await?;
-        }
-        events.extend(self.take_notices()?);
-        Ok(events)
+        Ok(())
     }
 
     /// Notices not shown yet, as events.
@@ -1854,13 +1901,20 @@ impl Client {
     ) -> Result<(), ClientError> {
         match push {
             Push::Envelope { envelope } => {
+                self.received_sender_key = false;
                 let (ack, ev) = self.process_envelope(&envelope, false).await?;
+                if envelope.group.is_some() && !ack {
+                    self.awaiting_sender_key = true;
+                }
                 ev.iter().for_each(&mut *on_event);
                 if ack {
                     self.ack(vec![envelope.id.clone()]).await?;
                 }
                 self.queue_pending_receipts()?;
-                if self.is_linked()? {
+                if self.awaiting_sender_key && self.received_sender_key {
+                    // The key a queued group message waited for is here: open it now.
+                    self.sync().await?.iter().for_each(&mut *on_event);
+                } else if self.is_linked()? {
                     self.flush_outbox().await?;
                 } else if ev.iter().any(|e| matches!(e, Event::Linked { .. })) {
                     self.maintain_prekeys(false).await?;

@@ -27,8 +27,8 @@ pub struct LinkedContact {
     pub account_key: String,
 }
 
-/// What a message carries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What a message carries. `Debug` names the kind only: some kinds carry secrets.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Content {
     /// A text message. `to` names the conversation, so the sender's own devices file it.
@@ -59,6 +59,31 @@ pub enum Content {
         /// True while typing.
         typing: bool,
     },
+    /// This device's sender key for a group (the distribution bytes of PROTOCOL.md, "Sender
+    /// keys"), sent over the pairwise sessions to every member device. Secret.
+    SenderKey {
+        /// The group (hex of the 16-byte id).
+        group_id: String,
+        /// The distribution (b64).
+        distribution: String,
+    },
+    /// A text in a group, sent as a sender-key message.
+    GroupText {
+        /// The group (hex); must be the group the sender-key message names.
+        group_id: String,
+        /// The text.
+        text: String,
+        /// When it was written (Unix ms, sender's clock).
+        sent_ms: u64,
+    },
+    /// Group details, sent as a sender-key message by the member who set them (after creating
+    /// the group, adding or removing members, or renaming it). The server never sees them.
+    GroupUpdate {
+        /// The group (hex); must be the group the sender-key message names.
+        group_id: String,
+        /// The group's name.
+        name: String,
+    },
     /// To one's own devices, from the device that approved a link: the account key, the new
     /// device's certificate and the contacts.
     DeviceLink {
@@ -69,6 +94,28 @@ pub enum Content {
         /// The contacts with their pinned keys.
         contacts: Vec<LinkedContact>,
     },
+}
+
+impl Content {
+    /// The kind, as the JSON `type` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Text { .. } => "text",
+            Self::Receipt { .. } => "receipt",
+            Self::ReadSync { .. } => "read_sync",
+            Self::Typing { .. } => "typing",
+            Self::SenderKey { .. } => "sender_key",
+            Self::GroupText { .. } => "group_text",
+            Self::GroupUpdate { .. } => "group_update",
+            Self::DeviceLink { .. } => "device_link",
+        }
+    }
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Content::{}", self.kind())
+    }
 }
 
 #[derive(Serialize, Deserialize)]

@@ -11,7 +11,7 @@ mod error;
 pub mod store;
 
 pub use crate::{
-    client::{Client, Event, PrekeyMaintenance, Verification},
+    client::{Client, Event, GroupInfo, PrekeyMaintenance, Verification},
     error::ClientError,
     store::{Store, StoredMessage},
 };

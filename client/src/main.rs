@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use cipherpost_client::{Client, ClientError, Event, StoredMessage};
+use cipherpost_client::{Client, ClientError, Event, GroupInfo, StoredMessage};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -48,12 +48,20 @@ enum Command {
     },
     /// List this account's devices.
     Devices,
-    /// Send a text (stored first, delivered by the outbox).
+    /// Send a text (stored first, delivered by the outbox): `send TO TEXT`, or
+    /// `send --group GROUP TEXT`.
     Send {
-        /// The contact.
-        to: String,
-        /// The text.
-        text: String,
+        /// Send to this group (name or id) instead of a contact.
+        #[arg(long)]
+        group: Option<String>,
+        /// The contact and the text, or only the text with --group.
+        #[arg(value_name = "TO TEXT", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+    },
+    /// Group chats: create, add, remove, promote, demote, leave, info, list, rename.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
     },
     /// Fetch what is queued for this device and deliver the outbox.
     Sync,
@@ -65,10 +73,14 @@ enum Command {
     },
     /// Conversations with unread counts.
     Inbox,
-    /// A conversation's messages.
+    /// A conversation's messages (a contact's, or a group's with --group).
     History {
         /// The contact.
-        user: String,
+        #[arg(required_unless_present = "group")]
+        user: Option<String>,
+        /// A group (name or id) instead of a contact.
+        #[arg(long, conflicts_with = "user")]
+        group: Option<String>,
         /// How many of the latest messages.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -99,6 +111,69 @@ enum Command {
         /// Send read receipts.
         #[arg(long, value_parser = ["on", "off"])]
         read_receipts: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupAction {
+    /// Create a group with you as its admin.
+    Create {
+        /// Its name (travels end-to-end encrypted; the server never sees it).
+        name: String,
+        /// The other members, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+    },
+    /// Add members (admins only).
+    Add {
+        /// The group (name or id).
+        group: String,
+        /// The accounts to add, comma-separated or one per argument.
+        #[arg(required = true, value_delimiter = ',')]
+        users: Vec<String>,
+    },
+    /// Remove a member (admins only); every remaining member starts a new sender key.
+    Remove {
+        /// The group (name or id).
+        group: String,
+        /// The member.
+        user: String,
+    },
+    /// Make a member an admin (admins only).
+    Promote {
+        /// The group (name or id).
+        group: String,
+        /// The member.
+        user: String,
+    },
+    /// Make an admin a plain member (admins only).
+    Demote {
+        /// The group (name or id).
+        group: String,
+        /// The admin.
+        user: String,
+    },
+    /// Leave the group; the last admin names a successor.
+    Leave {
+        /// The group (name or id).
+        group: String,
+        /// The member who becomes admin.
+        #[arg(long)]
+        successor: Option<String>,
+    },
+    /// Show the group's members and admins (as the server has them now).
+    Info {
+        /// The group (name or id).
+        group: String,
+    },
+    /// Every group this device knows.
+    List,
+    /// Rename the group for every member.
+    Rename {
+        /// The group (name or id).
+        group: String,
+        /// The new name.
+        name: String,
     },
 }
 
@@ -238,8 +313,25 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         }
-        Command::Send { to, text } => {
-            let id = c.queue_text(&to, &text)?;
+        Command::Send { group, args } => {
+            let id = match (group, args.as_slice()) {
+                (Some(g), [text]) => {
+                    let g = c.resolve_group(&g)?;
+                    c.queue_group_text(&g, text)?
+                }
+                (None, [to, text]) => c.queue_text(to, text)?,
+                (Some(_), _) => {
+                    return Err(ClientError::Usage(
+                        "with --group, give only the text: cipherpost send --group GROUP TEXT"
+                            .into(),
+                    ))
+                }
+                (None, _) => {
+                    return Err(ClientError::Usage(
+                        "give the contact and the text: cipherpost send TO TEXT".into(),
+                    ))
+                }
+            };
             let delivered = match c.flush_outbox().await {
                 Ok(_) => c.store().outbox_len()? == 0,
                 Err(ClientError::Unreachable { .. }) => false,
@@ -287,11 +379,20 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     println!("no conversations");
                 }
                 for (u, n, t) in inbox {
-                    println!("{u:<20} {n:>3} unread   {t}");
+                    let title = c.conversation_title(&u);
+                    println!("{title:<20} {n:>3} unread   {t}");
                 }
             }
         }
-        Command::History { user, limit } => show_messages(j, &c.store().history(&user, limit)?),
+        Command::History { user, group, limit } => {
+            let conversation = match (user, group) {
+                (_, Some(g)) => format!("group:{}", c.resolve_group(&g)?),
+                (Some(u), None) => u,
+                (None, None) => return Err(ClientError::Usage("name a contact or --group".into())),
+            };
+            show_messages(j, &c.store().history(&conversation, limit)?)
+        }
+        Command::Group { action } => group_command(&mut c, j, action).await?,
         Command::Read { user } => show_messages(j, &c.read(&user).await?),
         Command::Typing { user, stop } => {
             c.send_typing(&user, !stop).await?;
@@ -328,6 +429,87 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
     }
+    Ok(())
+}
+
+fn show_group(json: bool, g: &GroupInfo) {
+    if json {
+        println!("{}", serde_json::to_string(g).unwrap_or_default());
+        return;
+    }
+    let name = if g.name.is_empty() {
+        "(no name yet)"
+    } else {
+        g.name.as_str()
+    };
+    println!("{name}  id {}  version {}", g.group_id, g.version);
+    if !g.active {
+        println!("  you are no longer a member");
+    }
+    for m in &g.members {
+        println!("  {}{}", m.user, if m.admin { "  (admin)" } else { "" });
+    }
+    println!("  {} device(s) receive its messages", g.devices);
+}
+
+async fn group_command(c: &mut Client, j: bool, action: GroupAction) -> Result<(), ClientError> {
+    let info = match action {
+        GroupAction::Create { name, members } => c.group_create(&name, &members).await?,
+        GroupAction::Add { group, users } => {
+            let g = c.resolve_group(&group)?;
+            c.group_add(&g, &users).await?
+        }
+        GroupAction::Remove { group, user } => {
+            let g = c.resolve_group(&group)?;
+            c.group_remove(&g, &user).await?
+        }
+        GroupAction::Promote { group, user } => {
+            let g = c.resolve_group(&group)?;
+            c.group_set_admin(&g, &user, true).await?
+        }
+        GroupAction::Demote { group, user } => {
+            let g = c.resolve_group(&group)?;
+            c.group_set_admin(&g, &user, false).await?
+        }
+        GroupAction::Rename { group, name } => {
+            let g = c.resolve_group(&group)?;
+            c.set_group_name(&g, &name)?
+        }
+        GroupAction::Leave { group, successor } => {
+            let g = c.resolve_group(&group)?;
+            c.group_leave(&g, successor.as_deref()).await?;
+            if j {
+                println!("{}", json!({"group_id": g, "left": true}));
+            } else {
+                println!("you left the group");
+            }
+            return Ok(());
+        }
+        GroupAction::Info { group } => {
+            let g = c.resolve_group(&group)?;
+            c.group_info(&g).await?
+        }
+        GroupAction::List => {
+            let groups = c.groups()?;
+            if j {
+                println!("{}", serde_json::to_string(&groups).unwrap_or_default());
+            } else if groups.is_empty() {
+                println!("no groups");
+            }
+            if !j {
+                for g in &groups {
+                    show_group(false, g);
+                }
+            }
+            return Ok(());
+        }
+    };
+    // Group updates (name, membership) go out now when the server is reachable.
+    match c.flush_outbox().await {
+        Ok(_) | Err(ClientError::Unreachable { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    show_group(j, &info);
     Ok(())
 }
 

@@ -92,6 +92,35 @@ ALTER TABLE messages_v2 RENAME TO messages;
 CREATE INDEX messages_conversation ON messages (conversation, seq);
 CREATE INDEX messages_id ON messages (message_id);
 "#,
+    // 3: groups. Group messages are filed under the conversation `group:<hex id>`.
+    r#"
+CREATE TABLE groups (
+    group_id TEXT PRIMARY KEY,   -- hex of the 16-byte id
+    name TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL,
+    members TEXT NOT NULL,       -- JSON [GroupMember], as the server last said
+    devices TEXT NOT NULL,       -- JSON [DeviceRef], as the server last said
+    rotate INTEGER NOT NULL DEFAULT 0,  -- a member left: new sender key before the next send
+    active INTEGER NOT NULL DEFAULT 1   -- 0 once this account left or was removed
+);
+CREATE TABLE own_sender_keys (group_id TEXT PRIMARY KEY, state BLOB NOT NULL);
+CREATE TABLE sender_keys (
+    group_id TEXT NOT NULL,
+    sender_user TEXT NOT NULL,
+    sender_device INTEGER NOT NULL,
+    record BLOB NOT NULL,        -- SenderKeyRecord::to_bytes
+    PRIMARY KEY (group_id, sender_user, sender_device)
+);
+CREATE TABLE sender_key_sent (   -- which member device was sent which of our key ids
+    group_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    key_id INTEGER NOT NULL,
+    PRIMARY KEY (group_id, user, device_id)
+);
+ALTER TABLE outbox ADD COLUMN group_id TEXT;  -- a group message (body empty until sealed)
+ALTER TABLE outbox ADD COLUMN content BLOB;   -- its content, sealed again after a 409
+"#,
 ];
 
 /// The store of one profile.

@@ -2,92 +2,15 @@
 //! `CIPHERPOST_API`, default `http://127.0.0.1:8787`). Each device is a separate profile.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use cipherpost_client::{Client, ClientError, Event};
 use rand_core::{OsRng, RngCore};
 use tempfile::TempDir;
 
-fn endpoint() -> String {
-    std::env::var("CIPHERPOST_API").unwrap_or_else(|_| "http://127.0.0.1:8787".into())
-}
+mod support;
 
-struct Dev {
-    c: Client,
-    dir: TempDir,
-}
-
-impl Dev {
-    fn new() -> Self {
-        let dir = TempDir::new().unwrap();
-        let c = Client::open(dir.path(), &endpoint(), None).unwrap();
-        Self { c, dir }
-    }
-    /// Reopens the profile, as a restarted process would.
-    fn reopen(&mut self) {
-        self.c = Client::open(self.dir.path(), &endpoint(), None).unwrap();
-    }
-    fn user(&self) -> String {
-        self.c.whoami().unwrap().0
-    }
-    async fn sync(&mut self) -> Vec<Event> {
-        self.c.sync().await.unwrap()
-    }
-    fn texts(&self, conversation: &str) -> Vec<(String, String)> {
-        self.c
-            .store()
-            .history(conversation, 100_000)
-            .unwrap()
-            .into_iter()
-            .map(|m| (m.text, m.state))
-            .collect()
-    }
-}
-
-fn fresh(prefix: &str) -> String {
-    format!("{prefix}-{:08x}", OsRng.next_u32())
-}
-
-/// A registered first device. The local cloud can be slow under load (account creation
-/// answers 503 after its 30 s handler timeout), so a failed creation is retried with a new id.
-async fn account(prefix: &str) -> Dev {
-    for _ in 0..3 {
-        let mut d = Dev::new();
-        match d.c.register(&fresh(prefix)).await {
-            Ok(_) => return d,
-            Err(ClientError::Unreachable { reason, .. }) => eprintln!("retrying: {reason}"),
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("the local cloud did not create an account in three tries");
-}
-
-/// Links a new device to `existing`'s account through the real link flow.
-async fn link(existing: &mut Dev) -> Dev {
-    let mut d = Dev::new();
-    let code = d.c.link_request(&existing.user()).unwrap();
-    assert!(matches!(d.c.sync().await, Err(ClientError::NotLinked)));
-    existing.c.link_approve(&code).await.unwrap();
-    let ev = d.sync().await;
-    assert!(
-        ev.iter().any(|e| matches!(e, Event::Linked { .. })),
-        "{ev:?}"
-    );
-    assert!(d.c.is_linked().unwrap());
-    d
-}
-
-fn assert_no_duplicates(d: &Dev, conversation: &str) {
-    let h = d.c.store().history(conversation, 100_000).unwrap();
-    let mut seen = BTreeMap::new();
-    for m in h {
-        assert!(
-            seen.insert(m.message_id.clone(), ()).is_none(),
-            "duplicate {}",
-            m.message_id
-        );
-    }
-}
+use support::*;
 
 #[tokio::test]
 async fn multi_device_exchange_receipts_and_read_sync() {
@@ -475,65 +398,13 @@ async fn signed_prekey_rotates_weekly_and_old_bundles_still_work() {
     assert_eq!(m.signed_prekey_rotated_to, Some(3));
 }
 
-/// Accepts connections, forwards each HTTP request to the gateway, waits for the gateway's
-/// whole answer, and then hangs up on the client without passing it on: a lost answer.
-async fn answer_losing_proxy() -> String {
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::{TcpListener, TcpStream},
-    };
-    async fn read_message(s: &mut TcpStream) -> Vec<u8> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if buf.len() >= end + 4 + len {
-                    return buf;
-                }
-            }
-            let n = s.read(&mut chunk).await.unwrap();
-            if n == 0 {
-                return buf;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-    let upstream = endpoint()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let request = read_message(&mut client).await;
-                if request.is_empty() {
-                    return;
-                }
-                let mut server = TcpStream::connect(&upstream).await.unwrap();
-                server.write_all(&request).await.unwrap();
-                let answer = read_message(&mut server).await;
-                assert!(answer.starts_with(b"HTTP/1.1 "), "no answer upstream");
-                drop(client);
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
 #[tokio::test]
 async fn a_lost_register_answer_is_recovered() {
     let user = fresh("lost");
     let dir = TempDir::new().unwrap();
     // The server creates the account, but its answer never arrives.
-    let mut c = Client::open(dir.path(), &answer_losing_proxy().await, None).unwrap();
+    let proxy = Proxy::start(ProxyMode::LoseAnswers).await;
+    let mut c = Client::open(dir.path(), &proxy.url, None).unwrap();
     let err = c.register(&user).await.unwrap_err();
     assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
     assert!(

@@ -1,0 +1,199 @@
+//! The harness shared by the client's end-to-end tests: device profiles against the local
+//! cloud (endpoint from `CIPHERPOST_API`, default `http://127.0.0.1:8787`) and a recording,
+//! answer-losing HTTP proxy.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use cipherpost_client::{Client, ClientError, Event};
+use rand_core::{OsRng, RngCore};
+use tempfile::TempDir;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+pub(crate) fn endpoint() -> String {
+    std::env::var("CIPHERPOST_API").unwrap_or_else(|_| "http://127.0.0.1:8787".into())
+}
+
+pub(crate) struct Dev {
+    pub(crate) c: Client,
+    pub(crate) dir: TempDir,
+}
+
+impl Dev {
+    pub(crate) fn new() -> Self {
+        let dir = TempDir::new().unwrap();
+        let c = Client::open(dir.path(), &endpoint(), None).unwrap();
+        Self { c, dir }
+    }
+    /// Reopens the profile, as a restarted process would.
+    pub(crate) fn reopen(&mut self) {
+        self.c = Client::open(self.dir.path(), &endpoint(), None).unwrap();
+    }
+    pub(crate) fn user(&self) -> String {
+        self.c.whoami().unwrap().0
+    }
+    pub(crate) async fn sync(&mut self) -> Vec<Event> {
+        self.c.sync().await.unwrap()
+    }
+    pub(crate) fn texts(&self, conversation: &str) -> Vec<(String, String)> {
+        self.c
+            .store()
+            .history(conversation, 100_000)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.text, m.state))
+            .collect()
+    }
+}
+
+pub(crate) fn fresh(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", OsRng.next_u32())
+}
+
+/// A registered first device. The local cloud can be slow under load (account creation
+/// answers 503 after its 30 s handler timeout), so a failed creation is retried with a new id.
+pub(crate) async fn account(prefix: &str) -> Dev {
+    for _ in 0..3 {
+        let mut d = Dev::new();
+        match d.c.register(&fresh(prefix)).await {
+            Ok(_) => return d,
+            Err(ClientError::Unreachable { reason, .. }) => eprintln!("retrying: {reason}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the local cloud did not create an account in three tries");
+}
+
+/// Links a new device to `existing`'s account through the real link flow.
+pub(crate) async fn link(existing: &mut Dev) -> Dev {
+    let mut d = Dev::new();
+    let code = d.c.link_request(&existing.user()).unwrap();
+    assert!(matches!(d.c.sync().await, Err(ClientError::NotLinked)));
+    existing.c.link_approve(&code).await.unwrap();
+    let ev = d.sync().await;
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Linked { .. })),
+        "{ev:?}"
+    );
+    assert!(d.c.is_linked().unwrap());
+    d
+}
+
+pub(crate) fn assert_no_duplicates(d: &Dev, conversation: &str) {
+    let h = d.c.store().history(conversation, 100_000).unwrap();
+    let mut seen = BTreeMap::new();
+    for m in h {
+        assert!(
+            seen.insert(m.message_id.clone(), ()).is_none(),
+            "duplicate {}",
+            m.message_id
+        );
+    }
+}
+
+/// What the proxy does with each exchange.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxyMode {
+    /// Passes requests and answers through, recording the requests.
+    Record,
+    /// Passes the request on, waits for the whole answer, then hangs up: a lost answer.
+    LoseAnswers,
+}
+
+/// An HTTP/1.1 proxy in front of the gateway (keep-alive, one upstream connection per client
+/// connection). `requests` holds every request it saw, head and body.
+pub(crate) struct Proxy {
+    pub(crate) url: String,
+    pub(crate) requests: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+async fn read_message(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                return buf;
+            }
+        }
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return buf;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+impl Proxy {
+    pub(crate) async fn start(mode: ProxyMode) -> Self {
+        let upstream = endpoint()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    loop {
+                        let request = read_message(&mut client).await;
+                        if request.is_empty() {
+                            return;
+                        }
+                        log.lock().unwrap().push(request.clone());
+                        if server.write_all(&request).await.is_err() {
+                            return;
+                        }
+                        let answer = read_message(&mut server).await;
+                        if mode == ProxyMode::LoseAnswers || answer.is_empty() {
+                            return; // hang up on the client
+                        }
+                        if client.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { url, requests }
+    }
+
+    /// The JSON bodies of the recorded requests for `method path`.
+    pub(crate) fn bodies(&self, method: &str, path: &str) -> Vec<serde_json::Value> {
+        let start = format!("{method} {path} ");
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with(start.as_bytes()))
+            .filter_map(|r| {
+                let end = r.windows(4).position(|w| w == b"\r\n\r\n")?;
+                serde_json::from_slice(&r[end + 4..]).ok()
+            })
+            .collect()
+    }
+}
