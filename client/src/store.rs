@@ -121,6 +121,20 @@ CREATE TABLE sender_key_sent (   -- which member device was sent which of our ke
 ALTER TABLE outbox ADD COLUMN group_id TEXT;  -- a group message (body empty until sealed)
 ALTER TABLE outbox ADD COLUMN content BLOB;   -- its content, sealed again after a 409
 "#,
+    // 4: a pending delivery receipt is one per (contact, message id), so that two contacts
+    // using the same message id each get theirs; an outbox entry remembers why its last
+    // attempt failed (a notice is given once per new reason, not on every flush).
+    r#"
+CREATE TABLE pending_receipts_v4 (
+    user TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (user, message_id)
+);
+INSERT OR IGNORE INTO pending_receipts_v4 (user, message_id) SELECT user, message_id FROM pending_receipts;
+DROP TABLE pending_receipts;
+ALTER TABLE pending_receipts_v4 RENAME TO pending_receipts;
+ALTER TABLE outbox ADD COLUMN last_error TEXT;
+"#,
 ];
 
 /// The store of one profile.
@@ -152,8 +166,12 @@ pub struct StoredMessage {
 impl Store {
     /// Opens (creating 0600 if needed) `DIR/cipherpost.db` and migrates it.
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
-        fs::create_dir_all(dir)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            // Only a directory made here is made private: an existing one (say `$HOME`) keeps
+            // the mode its owner gave it.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
         let path = dir.join("cipherpost.db");
         // Create the file ourselves so it is 0600 from the first byte; SQLite gives its
         // journal and WAL files the database file's mode.
@@ -225,15 +243,57 @@ impl Store {
 
     /// Notices not shown yet (marks them shown).
     pub fn take_notices(&self) -> Result<Vec<String>, ClientError> {
-        let mut st = self
+        // Read and marked in one transaction: a notice added in between is neither lost nor
+        // shown twice.
+        let tx = self.write_tx()?;
+        let out = {
+            let mut st =
+                tx.prepare("SELECT seq, text FROM notices WHERE shown = 0 ORDER BY seq")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        if let Some((last, _)) = out.last() {
+            tx.execute(
+                "UPDATE notices SET shown = 1 WHERE shown = 0 AND seq <= ?1",
+                [last],
+            )?;
+        }
+        tx.commit()?;
+        Ok(out.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// What became of an outgoing message: whether it is still in the outbox, and its state
+    /// in the history (`None` for a message without one, such as a receipt).
+    pub fn outgoing_status(&self, message_id: &str) -> Result<(bool, Option<String>), ClientError> {
+        let queued: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE message_id = ?1",
+            [message_id],
+            |r| r.get(0),
+        )?;
+        let state: Option<String> = self
             .conn
-            .prepare("SELECT text FROM notices WHERE shown = 0 ORDER BY seq")?;
-        let out = st
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        self.conn
-            .execute("UPDATE notices SET shown = 1 WHERE shown = 0", [])?;
-        Ok(out)
+            .query_row(
+                "SELECT state FROM messages WHERE message_id = ?1 AND outgoing = 1",
+                [message_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((queued > 0, state))
+    }
+
+    /// True while sending to `user` waits for a changed account key to be accepted.
+    pub fn is_blocked(&self, user: &str) -> Result<bool, ClientError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT blocked FROM contacts WHERE user = ?1",
+                [user],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .is_some_and(|b| b != 0))
     }
 
     /// Messages of a conversation, oldest first (the last `limit`).
@@ -380,5 +440,38 @@ mod tests {
         assert!(insert("bob").is_err());
         assert_eq!(store.history("carol", 10).unwrap().len(), 1);
         assert_eq!(store.history("bob", 10).unwrap().len(), 1);
+    }
+
+    /// Schema 4: a pending receipt per (contact, message id), so two contacts' messages with
+    /// one id both get theirs; receipts pending before the migration are kept.
+    #[test]
+    fn schema_4_keys_pending_receipts_by_contact_and_id() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("cipherpost.db")).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO pending_receipts (message_id, user) VALUES ('00aa', 'bob')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let insert = |user: &str| {
+            store.conn.execute(
+                "INSERT OR IGNORE INTO pending_receipts (user, message_id) VALUES (?1, '00aa')",
+                [user],
+            )
+        };
+        assert_eq!(insert("carol").unwrap(), 1);
+        assert_eq!(insert("bob").unwrap(), 0);
+        let n: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM pending_receipts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
     }
 }
