@@ -41,7 +41,13 @@ const OPK_LOW: u64 = 10;
 const SPK_ROTATE_MS: u64 = 7 * 24 * 3600 * 1000;
 /// A link code is valid for 10 minutes.
 const LINK_CODE_VALID_MS: u64 = 10 * 60 * 1000;
-const LINK_CODE_PREFIX: &str = "cplink1.";
+/// Link codes of format 2 (format 1 lacked the link secret and is refused).
+const LINK_CODE_PREFIX: &str = "cplink2.";
+const LINK_CODE_VERSION: u8 = 2;
+const OLD_LINK_CODE_PREFIX: &str = "cplink1.";
+/// The bytes of the secret a link code carries (kept by the new device, never sent to the
+/// server; the approver returns it inside the encrypted DeviceLink).
+const LINK_SECRET_LEN: usize = 16;
 
 /// What [`Client::maintain_prekeys`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -288,7 +294,8 @@ fn queue_content(
 
 /// Seals `K || H(body)` for every destination device that lacks an envelope (starting
 /// sessions from stored bundles), drops envelopes of devices no longer listed, and persists
-/// the advanced sessions. The caller commits before anything is sent.
+/// the advanced sessions. The caller commits before anything is sent. Returns the envelopes
+/// and whether any was newly sealed.
 fn seal_envelopes(
     conn: &Connection,
     me: &Me,
@@ -296,7 +303,7 @@ fn seal_envelopes(
     body: &[u8],
     key: &BodyKey,
     existing: Vec<EnvelopeKey>,
-) -> Result<Vec<EnvelopeKey>, ClientError> {
+) -> Result<(Vec<EnvelopeKey>, bool), ClientError> {
     let mut st = conn.prepare(
         "SELECT user, device_id, bundle FROM devices WHERE user = ?1 OR (user = ?2 AND device_id != ?3)",
     )?;
@@ -310,6 +317,7 @@ fn seal_envelopes(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
+    let mut sealed = false;
     for (user, device, bundle) in targets {
         if let Some(e) = existing
             .iter()
@@ -351,13 +359,173 @@ fn seal_envelopes(
             .map_err(ClientError::protocol)?;
         // Persist the advanced chain before the ciphertext can leave (PROTOCOL.md).
         save_sessions(conn, &user, device, &sessions)?;
+        sealed = true;
         out.push(EnvelopeKey {
             user,
             device_id: device,
             key: B64(wire),
         });
     }
-    Ok(out)
+    Ok((out, sealed))
+}
+
+/// Checks a DeviceLink transfer before anything of it is used: it must carry this device's
+/// link secret (compared in constant time), and the certificate must verify under the
+/// transferred account key and name this device (account, device id, identity keys).
+fn check_device_link(
+    expected_secret: Option<&[u8]>,
+    link_secret: &str,
+    account: &VerifyingKey,
+    cert: &DeviceCertificate,
+    me: &Me,
+) -> Result<(), ClientError> {
+    use subtle::ConstantTimeEq;
+    let refused =
+        |why: &str| ClientError::Content(format!("a device link transfer was refused: {why}"));
+    let got = URL_SAFE_NO_PAD
+        .decode(link_secret.as_bytes())
+        .unwrap_or_default();
+    let matches = match expected_secret {
+        Some(want) if want.len() == LINK_SECRET_LEN && got.len() == LINK_SECRET_LEN => {
+            bool::from(want.ct_eq(&got))
+        }
+        _ => false,
+    };
+    if !matches {
+        return Err(refused(
+            "it does not carry this device's link code (approve the code this device printed)",
+        ));
+    }
+    if cert.verify(account).is_err() {
+        return Err(refused("the certificate is not signed by the account key"));
+    }
+    if cert.user_id != me.user
+        || cert.device_id != me.device
+        || cert.identity != me.identity.public()
+    {
+        return Err(refused("the certificate is for another device"));
+    }
+    Ok(())
+}
+
+/// Takes the account key, certificate and contacts of a checked DeviceLink. A contact pinned
+/// here (from the server) with another key than the approving device had takes that device's
+/// key: its devices and sessions are dropped and fetched again.
+fn accept_device_link(
+    tx: &Connection,
+    me: &Me,
+    account_key: &str,
+    certificate: &str,
+    contacts: &[LinkedContact],
+    link_secret: &str,
+) -> Result<(), ClientError> {
+    let seed = zeroize::Zeroizing::new(unb64(account_key, "account key")?);
+    let seed = zeroize::Zeroizing::new(arr::<32>(&seed, "account key")?);
+    let ak = AccountKey::from_bytes(&seed);
+    let cert = DeviceCertificate::from_bytes(&unb64(certificate, "certificate")?)
+        .map_err(ClientError::protocol)?;
+    let expected = store::meta(tx, "link_secret")?.map(zeroize::Zeroizing::new);
+    check_device_link(
+        expected.as_deref().map(|v| &v[..]),
+        link_secret,
+        &ak.public_key(),
+        &cert,
+        me,
+    )?;
+    let pinned = contact(tx, me.user.as_str())?.and_then(|c| c.pinned);
+    if pinned.as_deref() != Some(&ak.public_key().to_bytes()[..]) {
+        return Err(ClientError::Content(
+            "a device link transfer did not match the account key the server holds; ignored".into(),
+        ));
+    }
+    store::set_meta(tx, "account_key", &ak.to_bytes()[..])?;
+    store::set_meta(tx, "certificate", &cert.to_bytes())?;
+    store::set_meta(tx, "state", b"registered")?;
+    tx.execute("DELETE FROM meta WHERE key = 'link_secret'", [])?;
+    for c in contacts {
+        if c.user == me.user.as_str() {
+            continue;
+        }
+        let key = unb64(&c.account_key, "contact key")?;
+        vkey(&key, "contact key")?;
+        let before = contact(tx, &c.user)?.and_then(|c| c.pinned);
+        match before {
+            Some(b) if b == key => {}
+            Some(_) => {
+                tx.execute(
+                    "UPDATE contacts SET pinned_key = ?2, pending_key = NULL, blocked = 0, fetched = 0 WHERE user = ?1",
+                    params![c.user, key],
+                )?;
+                tx.execute("DELETE FROM devices WHERE user = ?1", [&c.user])?;
+                tx.execute("DELETE FROM sessions WHERE user = ?1", [&c.user])?;
+                store::notice(
+                    tx,
+                    &format!(
+                        "{}: the account key your other device had verified replaces the one this device fetched",
+                        c.user
+                    ),
+                )?;
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO contacts (user, pinned_key, fetched) VALUES (?1, ?2, 0)
+                     ON CONFLICT(user) DO UPDATE SET pinned_key = excluded.pinned_key, fetched = 0",
+                    params![c.user, key],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+fn percent_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The `(user, device)` pairs a list of envelopes addresses.
+fn addressed(envelopes: &[EnvelopeKey]) -> BTreeSet<(String, u32)> {
+    envelopes
+        .iter()
+        .map(|e| (e.user.clone(), e.device_id))
+        .collect()
+}
+
+/// What the outbox does with a message whose delivery failed.
+#[derive(Debug, PartialEq, Eq)]
+enum Disposition {
+    /// Keep everything queued and stop this flush (the server is unreachable or refuses
+    /// requests for a reason that is not this message's).
+    Stop,
+    /// Keep the message queued; later messages to the same recipient wait behind it.
+    Skip,
+    /// Refused for good: mark it failed and drop it.
+    Drop,
+}
+
+/// Sorts a delivery failure (see [`Client::flush_outbox`]).
+fn disposition(e: &ClientError) -> Disposition {
+    match e {
+        ClientError::Unreachable { .. } | ClientError::Store(_) | ClientError::Io(_) => {
+            Disposition::Stop
+        }
+        ClientError::NoSuchAccount(_) => Disposition::Drop,
+        ClientError::Server { status, code, .. } => match status {
+            400 | 403 | 404 | 413 => Disposition::Drop,
+            401 | 408 | 429 => Disposition::Stop,
+            409 if code != "device_mismatch" && code != "group_changed" => Disposition::Stop,
+            _ => Disposition::Skip,
+        },
+        _ => Disposition::Skip,
+    }
 }
 
 impl Client {
@@ -721,15 +889,32 @@ impl Client {
                 "this profile already has an account; use another --profile".into(),
             ));
         }
-        let me = match self.me.take() {
-            Some(m) if m.user == user => m,
-            _ => Me {
-                user: user.clone(),
-                device: DeviceId::generate(&mut OsRng),
-                identity: DeviceIdentity::generate(&mut OsRng),
-            },
+        let (me, mut prekeys, secret) = match self.me.take() {
+            Some(m) if m.user == user => {
+                let secret = store::meta(&self.store.conn, "link_secret")?
+                    .filter(|s| s.len() == LINK_SECRET_LEN);
+                (m, load_prekeys(&self.store.conn)?, secret)
+            }
+            // A new identity (or another account after a typo): new prekeys and secret too,
+            // nothing signed by a previous identity is kept.
+            _ => (
+                Me {
+                    user: user.clone(),
+                    device: DeviceId::generate(&mut OsRng),
+                    identity: DeviceIdentity::generate(&mut OsRng),
+                },
+                PreKeyStore::new(),
+                None,
+            ),
         };
-        let mut prekeys = load_prekeys(&self.store.conn)?;
+        let secret = match secret {
+            Some(s) => s,
+            None => {
+                let mut s = vec![0u8; LINK_SECRET_LEN];
+                rand_core::RngCore::fill_bytes(&mut OsRng, &mut s);
+                s
+            }
+        };
         if prekeys.current_signed_prekey().is_none() {
             prekeys.add_signed_prekey(
                 SignedPreKey::generate(&mut OsRng, &me.identity, 1, now),
@@ -745,11 +930,12 @@ impl Client {
         store::set_meta(&tx, "device_id", me.device.to_string().as_bytes())?;
         store::set_meta(&tx, "identity", &me.identity.to_bytes())?;
         store::set_meta(&tx, "prekeys", &prekeys.to_bytes())?;
+        store::set_meta(&tx, "link_secret", &secret)?;
         store::set_meta(&tx, "state", b"linking")?;
         tx.commit()?;
         let ids = me.identity.public().to_bytes();
         let mut code = Vec::new();
-        code.push(1u8);
+        code.push(LINK_CODE_VERSION);
         code.extend_from_slice(&(user.as_str().len() as u16).to_be_bytes());
         code.extend_from_slice(user.as_str().as_bytes());
         code.extend_from_slice(&me.device.get().to_be_bytes());
@@ -758,6 +944,7 @@ impl Client {
         code.extend_from_slice(spk.key.as_bytes());
         code.extend_from_slice(&spk.signature.to_bytes());
         code.extend_from_slice(&now.to_be_bytes());
+        code.extend_from_slice(&secret);
         self.me = Some(me);
         Ok(format!("{LINK_CODE_PREFIX}{}", b64(&code)))
     }
@@ -767,17 +954,22 @@ impl Client {
     pub async fn link_approve(&mut self, code: &str) -> Result<u32, ClientError> {
         let me = self.linked_me()?;
         let bad = || ClientError::Usage("that is not a valid link code".into());
+        if code.trim().starts_with(OLD_LINK_CODE_PREFIX) {
+            return Err(ClientError::Usage(
+                "this link code (cplink1) comes from an older cipherpost that this version no longer accepts: update cipherpost on the new device and run `cipherpost link request` again".into(),
+            ));
+        }
         let raw = code
             .trim()
             .strip_prefix(LINK_CODE_PREFIX)
             .ok_or_else(bad)
             .and_then(|c| URL_SAFE_NO_PAD.decode(c).map_err(|_| bad()))?;
-        if raw.first() != Some(&1) || raw.len() < 3 {
+        if raw.first() != Some(&LINK_CODE_VERSION) || raw.len() < 3 {
             return Err(bad());
         }
         let ulen = u16::from_be_bytes([raw[1], raw[2]]) as usize;
         let rest = raw.get(3..).ok_or_else(bad)?;
-        if rest.len() != ulen + 4 + 64 + 4 + 32 + 64 + 8 {
+        if rest.len() != ulen + 4 + 64 + 4 + 32 + 64 + 8 + LINK_SECRET_LEN {
             return Err(bad());
         }
         let (uname, rest) = rest.split_at(ulen);
@@ -785,7 +977,8 @@ impl Client {
         let (ids, rest) = rest.split_at(64);
         let (spk_id, rest) = rest.split_at(4);
         let (spk_key, rest) = rest.split_at(32);
-        let (spk_sig, created) = rest.split_at(64);
+        let (spk_sig, rest) = rest.split_at(64);
+        let (created, link_secret) = rest.split_at(8);
         let uname = std::str::from_utf8(uname).map_err(|_| bad())?;
         if uname != me.user.as_str() {
             return Err(ClientError::Usage(format!(
@@ -832,7 +1025,18 @@ impl Client {
         let (status, bytes) = self
             .call(None, "POST", &path, Some(Self::json(&req)?))
             .await?;
-        if !(200..300).contains(&status) {
+        if status == 409 {
+            // A retry after a lost answer: the device may be registered already. It is, with
+            // this very identity, when the account's key bundle lists it so.
+            let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+            if err.error != "device_exists" || !self.device_registered(device, &identity).await? {
+                return Err(Self::server_error(status, &bytes));
+            }
+            tracing::info!(
+                device = device.get(),
+                "device registered by an earlier attempt"
+            );
+        } else if !(200..300).contains(&status) {
             return Err(Self::server_error(status, &bytes));
         }
         let me = self.me()?;
@@ -859,11 +1063,35 @@ impl Client {
             account_key: b64(&account.to_bytes()[..]),
             certificate: b64(&cert.to_bytes()),
             contacts,
+            link_secret: b64(link_secret),
         };
         queue_content(&tx, me, me.user.as_str(), &content)?;
         tx.commit()?;
         self.flush_outbox().await?;
         Ok(device.get())
+    }
+
+    /// Whether this account's key bundle lists `device` with `identity` (signed by a
+    /// certificate under the account key).
+    async fn device_registered(
+        &self,
+        device: DeviceId,
+        identity: &DeviceIdentityPublic,
+    ) -> Result<bool, ClientError> {
+        let me = self.me()?;
+        let resp: KeyBundleResponse = self
+            .call_json("GET", &format!("/v1/keys/{}", me.user), None)
+            .await?;
+        let account = self.account_key()?.public_key();
+        Ok(resp.devices.iter().any(|b| {
+            b.device_id == device.get()
+                && DeviceCertificate::from_bytes(&b.certificate.0).is_ok_and(|c| {
+                    c.verify(&account).is_ok()
+                        && c.user_id == me.user
+                        && c.device_id == device
+                        && c.identity == *identity
+                })
+        }))
     }
 
     // ----- contacts and device lists -----
@@ -878,7 +1106,7 @@ impl Client {
             .call(None, "GET", &format!("/v1/keys/{user}"), None)
             .await?;
         if status == 404 {
-            return Err(ClientError::Usage(format!("there is no account {user}")));
+            return Err(ClientError::NoSuchAccount(user.to_string()));
         }
         if !(200..300).contains(&status) {
             return Err(Self::server_error(status, &bytes));
@@ -919,18 +1147,32 @@ impl Client {
                 return Err(ClientError::KeyChanged(user.to_string()));
             }
             Err(e) => {
-                tx.execute("UPDATE contacts SET blocked = 1 WHERE user = ?1", [user])?;
-                store::notice(&tx, &format!("{user}: {e}"))?;
+                // Not a key change the user could accept (a broken rotation or revocation,
+                // say): nothing is stored as blocked, so `verify --accept` is not asked to
+                // clear what it cannot; the contact is fetched again before the next send,
+                // and the error stands until the chain verifies.
+                tx.execute("UPDATE contacts SET fetched = 0 WHERE user = ?1", [user])?;
                 tx.commit()?;
-                return Err(ClientError::KeyChanged(user.to_string()));
+                return Err(ClientError::KeysInvalid {
+                    user: user.to_string(),
+                    reason: e.to_string(),
+                });
             }
         };
         if chain.rotated() {
             store::notice(&tx, &format!("the safety number with {user} changed (a device was removed and the account key rotated)"))?;
         }
+        if c.as_ref().is_some_and(|c| c.blocked) {
+            store::notice(
+                &tx,
+                &format!("the account key of {user} is again the one you had accepted; sending to {user} is allowed again"),
+            )?;
+        }
+        // The chain verifies from the pinned key: whatever blocked the contact is over.
         tx.execute(
             "INSERT INTO contacts (user, pinned_key, fetched) VALUES (?1, ?2, 1)
-             ON CONFLICT(user) DO UPDATE SET pinned_key = excluded.pinned_key, fetched = 1",
+             ON CONFLICT(user) DO UPDATE SET pinned_key = excluded.pinned_key, fetched = 1,
+                 pending_key = NULL, blocked = 0",
             params![user, chain.latest().to_bytes().to_vec()],
         )?;
         let mut listed = BTreeSet::new();
@@ -1060,9 +1302,16 @@ impl Client {
         Ok(id)
     }
 
-    /// Delivers the outbox in order. Messages to a contact whose key changed wait (a notice
-    /// says so); an unreachable server stops the flush (everything stays queued). Returns the
-    /// number of messages delivered.
+    /// Delivers the outbox in order. Returns the number of messages delivered.
+    ///
+    /// A message that cannot be delivered now does not hold up the others: messages to a
+    /// contact whose key changed wait (a notice says so); a message refused for good (no such
+    /// account, or a 400/403/404/413 from the server) is marked failed and dropped with a
+    /// notice; any other failure particular to a message (keys that do not verify, an
+    /// unexpected answer) leaves it and the later messages to the same recipient queued for
+    /// the next flush, with a notice. An unreachable server, a store failure or a refusal that
+    /// is not about the message (401, 408, 429, an unexpected 409) stops the flush with that
+    /// error, everything staying queued.
     pub async fn flush_outbox(&mut self) -> Result<usize, ClientError> {
         self.linked_me()?;
         let rows: Vec<(i64, String, Option<String>)> = {
@@ -1075,23 +1324,73 @@ impl Client {
                 .collect::<Result<Vec<_>, _>>()?;
             rows
         };
-        let mut blocked = BTreeSet::new();
+        let mut waiting = BTreeSet::new();
         let mut sent = 0;
         for (seq, to, group) in rows {
-            if blocked.contains(&to) {
+            let queue = group.clone().unwrap_or_else(|| to.clone());
+            if waiting.contains(&queue) {
                 continue;
             }
             let delivered = match &group {
                 Some(g) => self.deliver_group(seq, g).await,
                 None => self.deliver(seq, &to).await,
             };
-            match delivered {
-                Ok(()) => sent += 1,
-                Err(ClientError::KeyChanged(u)) => {
-                    blocked.insert(u);
+            let e = match delivered {
+                Ok(()) => {
+                    sent += 1;
+                    continue;
                 }
-                Err(e @ (ClientError::Server { .. } | ClientError::Protocol(_))) => {
-                    // Refused for good: drop it rather than block everything behind it.
+                Err(ClientError::KeyChanged(u)) => {
+                    waiting.insert(u);
+                    waiting.insert(queue);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let what = match &group {
+                Some(g) => format!(
+                    "a message to the group {}",
+                    self.conversation_title(&groups::conversation(g))
+                ),
+                None => format!("a message to {to}"),
+            };
+            match disposition(&e) {
+                Disposition::Stop => {
+                    if let ClientError::Server {
+                        status: 401,
+                        code,
+                        message,
+                    } = e
+                    {
+                        return Err(ClientError::Server {
+                            status: 401,
+                            code,
+                            message: format!(
+                                "{message} (check that this device's clock is right: requests are signed with the time)"
+                            ),
+                        });
+                    }
+                    return Err(e);
+                }
+                Disposition::Skip => {
+                    tracing::warn!(error = %e, "message kept queued");
+                    waiting.insert(queue);
+                    let reason = e.to_string();
+                    let tx = self.store.write_tx()?;
+                    let changed = tx.execute(
+                        "UPDATE outbox SET last_error = ?2 WHERE seq = ?1 AND last_error IS NOT ?2",
+                        params![seq, reason],
+                    )?;
+                    if changed > 0 {
+                        store::notice(&tx, &format!("{what} waits in the outbox: {reason}"))?;
+                    }
+                    if group.is_none() {
+                        // The next attempt fetches the recipient's keys again.
+                        tx.execute("UPDATE contacts SET fetched = 0 WHERE user = ?1", [&to])?;
+                    }
+                    tx.commit()?;
+                }
+                Disposition::Drop => {
                     tracing::warn!(error = %e, "message dropped");
                     let tx = self.store.write_tx()?;
                     let id: Option<String> = tx
@@ -1106,10 +1405,9 @@ impl Client {
                         )?;
                     }
                     tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
-                    store::notice(&tx, &format!("a message to {to} could not be sent: {e}"))?;
+                    store::notice(&tx, &format!("{what} could not be sent: {e}"))?;
                     tx.commit()?;
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(sent)
@@ -1143,10 +1441,12 @@ impl Client {
                         .map_err(|e| ClientError::Internal(format!("stored envelopes: {e}")))?,
                     None => Vec::new(),
                 };
-                let had = existing.len();
+                let had = addressed(&existing);
                 let key = BodyKey::from_bytes(&arr(&key, "body key")?);
-                let new = seal_envelopes(&tx, me, to, &body, &key, existing)?;
-                if envs.is_none() || new.len() != had || new.is_empty() {
+                let (new, sealed) = seal_envelopes(&tx, me, to, &body, &key, existing)?;
+                // Saved whenever the envelopes differ from the stored ones, so a retry
+                // resends exactly the bytes that may already have reached the server.
+                if envs.is_none() || sealed || addressed(&new) != had {
                     let j = String::from_utf8_lossy(&Self::json(&new)?).into_owned();
                     tx.execute(
                         "UPDATE outbox SET envelopes = ?2, attempts = attempts + 1 WHERE seq = ?1",
@@ -1208,9 +1508,10 @@ impl Client {
             }
             return Err(Self::server_error(status, &bytes));
         }
-        Err(ClientError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            reason: "the device lists kept changing; will retry".into(),
+        Err(ClientError::Server {
+            status: 409,
+            code: "device_mismatch".into(),
+            message: format!("the device lists of {to} kept changing; will retry"),
         })
     }
 
@@ -1227,32 +1528,53 @@ impl Client {
         let mid = MessageId::generate(&mut OsRng);
         let (body, key) = encrypt_body(&mut OsRng, &mid, &Content::Typing { typing }.encode()?)
             .map_err(ClientError::protocol)?;
-        let envelopes = {
-            let me = self.me()?;
-            let tx = self.store.write_tx()?;
-            let e = seal_envelopes(&tx, me, to, &body.bytes, &key, Vec::new())?;
-            tx.commit()?;
-            e
-        };
-        let req = SendRequest {
-            message_id: B64(mid.as_bytes().to_vec()),
-            to: Some(to.to_string()),
-            group: None,
-            body: B64(body.bytes),
-            envelopes,
-            ephemeral: true,
-        };
-        let (status, bytes) = self
-            .call(None, "PUT", "/v1/messages", Some(Self::json(&req)?))
-            .await?;
-        if !(200..300).contains(&status) {
+        // One retry after a 409: the device lists named in it are fetched again first.
+        for attempt in 0..2 {
+            let envelopes = {
+                let me = self.me()?;
+                let tx = self.store.write_tx()?;
+                let (e, _) = seal_envelopes(&tx, me, to, &body.bytes, &key, Vec::new())?;
+                tx.commit()?;
+                e
+            };
+            let req = SendRequest {
+                message_id: B64(mid.as_bytes().to_vec()),
+                to: Some(to.to_string()),
+                group: None,
+                body: B64(body.bytes.clone()),
+                envelopes,
+                ephemeral: true,
+            };
+            let (status, bytes) = self
+                .call(None, "PUT", "/v1/messages", Some(Self::json(&req)?))
+                .await?;
+            if (200..300).contains(&status) {
+                return Ok(());
+            }
+            let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+            if attempt == 0 && status == 409 && err.error == "device_mismatch" {
+                let users: BTreeSet<String> = err
+                    .missing
+                    .iter()
+                    .chain(err.stale.iter())
+                    .map(|d| d.user.clone())
+                    .collect();
+                for u in users {
+                    self.refresh_devices(&u).await?;
+                }
+                continue;
+            }
             return Err(Self::server_error(status, &bytes));
         }
-        Ok(())
+        Err(ClientError::Server {
+            status: 409,
+            code: "device_mismatch".into(),
+            message: format!("the device lists of {to} kept changing"),
+        })
     }
 
-    /// Marks `conversation` read: read receipts to the contact (which also tell this
-    /// account's other devices) or, with read receipts off, a read-sync to own devices only.
+    /// Marks `conversation` read: a read-sync to this account's other devices and, unless
+    /// read receipts are off, read receipts to the contact.
     pub async fn read(
         &mut self,
         conversation: &str,
@@ -1271,6 +1593,17 @@ impl Client {
             if !ids.is_empty() {
                 tx.execute("UPDATE messages SET state = 'read' WHERE conversation = ?1 AND outgoing = 0 AND state = 'received'", [conversation])?;
                 for chunk in ids.chunks(500) {
+                    // Own devices always learn what was read here (the read-sync names the
+                    // conversation); the contact only with read receipts on.
+                    queue_content(
+                        &tx,
+                        me,
+                        me.user.as_str(),
+                        &Content::ReadSync {
+                            conversation: conversation.to_string(),
+                            message_ids: chunk.to_vec(),
+                        },
+                    )?;
                     if receipts {
                         queue_content(
                             &tx,
@@ -1278,16 +1611,6 @@ impl Client {
                             conversation,
                             &Content::Receipt {
                                 kind: ReceiptKind::Read,
-                                message_ids: chunk.to_vec(),
-                            },
-                        )?;
-                    } else {
-                        queue_content(
-                            &tx,
-                            me,
-                            me.user.as_str(),
-                            &Content::ReadSync {
-                                conversation: conversation.to_string(),
                                 message_ids: chunk.to_vec(),
                             },
                         )?;
@@ -1381,13 +1704,37 @@ impl Client {
             }
             // Kept queued until the key change is accepted.
             Err(ClientError::KeyChanged(_)) => return Ok((false, Vec::new())),
-            Err(e) => return Err(e),
+            // Only a failure to ask (or to store) leaves the envelope for a later sync.
+            Err(
+                e @ (ClientError::Unreachable { .. } | ClientError::Store(_) | ClientError::Io(_)),
+            ) => return Err(e),
+            // The sender cannot be known (no such account, keys that do not verify, a
+            // refusal): an unknown sender.
+            Err(e) => {
+                self.store.notice(&format!(
+                    "dropped a message from {}#{}, whose keys could not be checked: {e}",
+                    sender_user, env.sender.device_id
+                ))?;
+                return Ok((true, Vec::new()));
+            }
         };
         let Ok(mid) = arr::<16>(&env.message_id.0, "message id").map(MessageId) else {
             return Ok((true, Vec::new()));
         };
         let me = self.me()?;
         let tx = self.store.write_tx()?;
+        // Checked again under the write lock: another process on this profile may have
+        // stored it since (decrypting twice would fail and advance nothing).
+        let seen_now: Option<String> = tx
+            .query_row(
+                "SELECT message_id FROM seen WHERE sender_user = ?1 AND message_id = ?2",
+                params![sender_user, id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if seen_now.is_some() {
+            return Ok((true, Vec::new()));
+        }
         let mut sessions = load_sessions(&tx, &sender_user, env.sender.device_id)?;
         let mut prekeys = load_prekeys(&tx)?;
         let content = sessions
@@ -1398,14 +1745,8 @@ impl Client {
                 &sender_identity,
                 &env.key.0,
             )
-            .map_err(ClientError::protocol)
-            .and_then(|d| {
-                let c =
-                    open_body(&d.plaintext, &env.body.0, &mid).map_err(ClientError::protocol)?;
-                Ok((d.new_session, Content::decode(&c)?))
-            });
+            .map_err(ClientError::protocol);
         let (new_session, content) = match content {
-            Ok(c) => c,
             Err(e) => {
                 drop(tx);
                 tracing::warn!(error = %e, sender = %sender_user, "undecryptable message dropped");
@@ -1415,7 +1756,9 @@ impl Client {
                 ))?;
                 return Ok((!ephemeral, Vec::new()));
             }
+            Ok(d) => (d.new_session, d.plaintext),
         };
+        // Decrypted: the advanced session is kept whatever the content turns out to be.
         save_sessions(&tx, &sender_user, env.sender.device_id, &sessions)?;
         if new_session {
             store::set_meta(&tx, "prekeys", &prekeys.to_bytes())?;
@@ -1425,127 +1768,130 @@ impl Client {
         let mut got_sender_key = false;
         if !ephemeral {
             tx.execute(
-                "INSERT INTO seen (sender_user, message_id) VALUES (?1, ?2)",
+                "INSERT OR IGNORE INTO seen (sender_user, message_id) VALUES (?1, ?2)",
                 params![sender_user, id],
             )?;
         }
-        match content {
-            Content::Text { to, text, sent_ms } if !ephemeral => {
-                let (conversation, state) = if from_self {
-                    (to, "sent")
-                } else {
-                    (sender_user.clone(), "received")
-                };
-                tx.execute(
+        // What the content does is undone as a whole when it fails (a notice says why); the
+        // session and `seen` stay, and the envelope is acknowledged.
+        tx.execute_batch("SAVEPOINT content")?;
+        let applied = (|| -> Result<(), ClientError> {
+            let plain = open_body(&content, &env.body.0, &mid).map_err(ClientError::protocol)?;
+            match Content::decode(&plain)? {
+                Content::Text { to, text, sent_ms } if !ephemeral => {
+                    let (conversation, state) = if from_self {
+                        (to, "sent")
+                    } else {
+                        (sender_user.clone(), "received")
+                    };
+                    tx.execute(
                     "INSERT OR IGNORE INTO messages (message_id, conversation, outgoing, sender_user, sender_device, text, sent_ms, server_ts, state)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![id, conversation, from_self as i64, sender_user, env.sender.device_id, text, sent_ms as i64, env.server_ts as i64, state],
                 )?;
-                tx.execute(
-                    "INSERT OR IGNORE INTO contacts (user) VALUES (?1)",
-                    [&conversation],
-                )?;
-                if !from_self {
                     tx.execute(
-                        "INSERT OR IGNORE INTO pending_receipts (message_id, user) VALUES (?1, ?2)",
+                        "INSERT OR IGNORE INTO contacts (user) VALUES (?1)",
+                        [&conversation],
+                    )?;
+                    if !from_self {
+                        tx.execute(
+                        "INSERT OR IGNORE INTO pending_receipts (user, message_id) VALUES (?2, ?1)",
                         params![id, sender_user],
                     )?;
-                }
-                events.push(Event::Message {
-                    conversation,
-                    from: format!("{}#{}", sender_user, env.sender.device_id),
-                    text,
-                    message_id: id.clone(),
-                    outgoing: from_self,
-                });
-            }
-            Content::Receipt { kind, message_ids } if !ephemeral => {
-                let mut count = 0;
-                for mid in &message_ids {
-                    count += if from_self {
-                        if kind == ReceiptKind::Read {
-                            tx.execute("UPDATE messages SET state = 'read' WHERE message_id = ?1 AND outgoing = 0 AND state = 'received'", [mid])?
-                        } else {
-                            0
-                        }
-                    } else {
-                        match kind {
-                            ReceiptKind::Delivered => tx.execute("UPDATE messages SET state = 'delivered' WHERE message_id = ?1 AND outgoing = 1 AND conversation = ?2 AND state IN ('pending', 'sent')", params![mid, sender_user])?,
-                            ReceiptKind::Read => tx.execute("UPDATE messages SET state = 'read' WHERE message_id = ?1 AND outgoing = 1 AND conversation = ?2 AND state != 'read'", params![mid, sender_user])?,
-                        }
-                    };
-                }
-                if from_self {
-                    if count > 0 {
-                        events.push(Event::ReadSync { count });
                     }
-                } else {
+                    events.push(Event::Message {
+                        conversation,
+                        from: format!("{}#{}", sender_user, env.sender.device_id),
+                        text,
+                        message_id: id.clone(),
+                        outgoing: from_self,
+                    });
+                }
+                // A receipt names the messages of one conversation only by id; this account's own
+                // devices learn what was read here from the ReadSync, which names it.
+                Content::Receipt { kind, message_ids } if !ephemeral && !from_self => {
+                    let mut count = 0;
+                    for mid in &message_ids {
+                        count += match kind {
+                        ReceiptKind::Delivered => tx.execute("UPDATE messages SET state = 'delivered' WHERE message_id = ?1 AND outgoing = 1 AND conversation = ?2 AND state IN ('pending', 'sent')", params![mid, sender_user])?,
+                        ReceiptKind::Read => tx.execute("UPDATE messages SET state = 'read' WHERE message_id = ?1 AND outgoing = 1 AND conversation = ?2 AND state != 'read'", params![mid, sender_user])?,
+                    };
+                    }
                     events.push(Event::Receipt {
                         conversation: sender_user.clone(),
                         kind,
                         count,
                     });
                 }
-            }
-            Content::SenderKey {
-                group_id,
-                distribution,
-            } if !ephemeral => {
-                match groups::receive_distribution(&tx, &env.sender, &group_id, &distribution) {
-                    Ok(()) => got_sender_key = true,
-                    Err(e) => store::notice(
-                        &tx,
-                        &format!("a sender key from {sender_user} was refused: {e}"),
-                    )?,
-                }
-            }
-            Content::ReadSync {
-                conversation,
-                message_ids,
-            } if from_self && !ephemeral => {
-                let mut count = 0;
-                for mid in &message_ids {
-                    count += tx.execute("UPDATE messages SET state = 'read' WHERE message_id = ?1 AND conversation = ?2 AND outgoing = 0 AND state = 'received'", params![mid, conversation])?;
-                }
-                events.push(Event::ReadSync { count });
-            }
-            Content::Typing { typing } if !from_self => {
-                events.push(Event::Typing {
-                    from: sender_user.clone(),
-                    typing,
-                });
-            }
-            Content::DeviceLink {
-                account_key,
-                certificate,
-                contacts,
-            } if from_self && !ephemeral => {
-                let seed = zeroize::Zeroizing::new(unb64(&account_key, "account key")?);
-                let ak = AccountKey::from_bytes(&arr(&seed, "account key")?);
-                let pinned = contact(&tx, me.user.as_str())?.and_then(|c| c.pinned);
-                let cert = DeviceCertificate::from_bytes(&unb64(&certificate, "certificate")?)
-                    .map_err(ClientError::protocol)?;
-                if pinned.as_deref() != Some(&ak.public_key().to_bytes()[..]) {
-                    store::notice(&tx, "a device link transfer did not match the account key the server holds; ignored")?;
-                } else if cert.device_id == me.device && store::meta(&tx, "account_key")?.is_none()
-                {
-                    store::set_meta(&tx, "account_key", &ak.to_bytes()[..])?;
-                    store::set_meta(&tx, "certificate", &cert.to_bytes())?;
-                    store::set_meta(&tx, "state", b"registered")?;
-                    for c in contacts {
-                        let key = unb64(&c.account_key, "contact key")?;
-                        tx.execute(
-                            "INSERT OR IGNORE INTO contacts (user, pinned_key) VALUES (?1, ?2)",
-                            params![c.user, key],
-                        )?;
+                Content::SenderKey {
+                    group_id,
+                    distribution,
+                } if !ephemeral => {
+                    match groups::receive_distribution(&tx, &env.sender, &group_id, &distribution) {
+                        Ok(()) => got_sender_key = true,
+                        Err(e) => store::notice(
+                            &tx,
+                            &format!("a sender key from {sender_user} was refused: {e}"),
+                        )?,
                     }
-                    events.push(Event::Linked {
-                        user: me.user.to_string(),
+                }
+                Content::ReadSync {
+                    conversation,
+                    message_ids,
+                } if from_self && !ephemeral => {
+                    let mut count = 0;
+                    for mid in &message_ids {
+                        count += tx.execute("UPDATE messages SET state = 'read' WHERE message_id = ?1 AND conversation = ?2 AND outgoing = 0 AND state = 'received'", params![mid, conversation])?;
+                    }
+                    events.push(Event::ReadSync { count });
+                }
+                Content::Typing { typing } if !from_self => {
+                    events.push(Event::Typing {
+                        from: sender_user.clone(),
+                        typing,
                     });
                 }
+                Content::DeviceLink {
+                    account_key,
+                    certificate,
+                    contacts,
+                    link_secret,
+                } if from_self && !ephemeral => {
+                    if store::meta(&tx, "account_key")?.is_none() {
+                        accept_device_link(
+                            &tx,
+                            me,
+                            &account_key,
+                            &certificate,
+                            &contacts,
+                            &link_secret,
+                        )?;
+                        events.push(Event::Linked {
+                            user: me.user.to_string(),
+                        });
+                    }
+                }
+                other => {
+                    tracing::debug!(kind = other.kind(), "content ignored in this context");
+                }
             }
-            other => {
-                tracing::debug!(kind = other.kind(), "content ignored in this context");
+            Ok(())
+        })();
+        match applied {
+            Ok(()) => tx.execute_batch("RELEASE content")?,
+            Err(e @ (ClientError::Store(_) | ClientError::Io(_))) => return Err(e),
+            Err(e) => {
+                tx.execute_batch("ROLLBACK TO content; RELEASE content")?;
+                events.clear();
+                got_sender_key = false;
+                tracing::warn!(error = %e, sender = %sender_user, "message content refused");
+                store::notice(
+                    &tx,
+                    &format!(
+                        "a message from {}#{} could not be used: {e}",
+                        sender_user, env.sender.device_id
+                    ),
+                )?;
             }
         }
         tx.commit()?;
@@ -1634,7 +1980,7 @@ impl Client {
         let mut cursor: Option<String> = None;
         loop {
             let pq = match &cursor {
-                Some(c) => format!("/v1/messages?limit=100&cursor={c}"),
+                Some(c) => format!("/v1/messages?limit=100&cursor={}", percent_encode(c)),
                 None => "/v1/messages?limit=100".to_string(),
             };
             let (status, bytes) = self.call(None, "GET", &pq, None).await?;
@@ -1754,10 +2100,9 @@ impl Client {
     pub async fn verify(&mut self, user: &str, accept: bool) -> Result<Verification, ClientError> {
         let me = self.linked_me()?;
         let my_user = me.user.clone();
-        if contact(&self.store.conn, user)?
-            .and_then(|c| c.pinned)
-            .is_none()
-        {
+        // A contact without a pinned key is fetched; a blocked one too, so that a key that
+        // went back to the accepted one unblocks it (and a pending key is current).
+        if contact(&self.store.conn, user)?.is_none_or(|c| c.pinned.is_none() || c.blocked) {
             match self.refresh_devices(user).await {
                 Ok(()) | Err(ClientError::KeyChanged(_)) => {}
                 Err(e) => return Err(e),
@@ -1765,7 +2110,18 @@ impl Client {
         }
         let my_key = self.account_key()?.public_key();
         let uid = UserId::new(user).map_err(|e| ClientError::Usage(e.to_string()))?;
-        let c = contact(&self.store.conn, user)?
+        // With `accept`, what is shown and what is pinned are read and written in one
+        // transaction: the key accepted is the key whose safety number is shown.
+        let tx = if accept {
+            Some(self.store.write_tx()?)
+        } else {
+            None
+        };
+        let conn: &Connection = match &tx {
+            Some(tx) => tx,
+            None => &self.store.conn,
+        };
+        let c = contact(conn, user)?
             .ok_or_else(|| ClientError::Usage(format!("{user} is not a contact")))?;
         let pinned = vkey(c.pinned.as_deref().unwrap_or_default(), "pinned key")?;
         let number =
@@ -1779,9 +2135,13 @@ impl Client {
         if let Some(p) = &c.pending {
             let pending = vkey(p, "changed key")?;
             v.changed_safety_number = Some(number(&pending));
-            if accept {
-                let tx = self.store.write_tx()?;
-                tx.execute("UPDATE contacts SET pinned_key = pending_key, pending_key = NULL, blocked = 0, fetched = 0 WHERE user = ?1", [user])?;
+            if let Some(tx) = tx {
+                let n = tx.execute("UPDATE contacts SET pinned_key = pending_key, pending_key = NULL, blocked = 0, fetched = 0 WHERE user = ?1 AND pending_key = ?2", params![user, p])?;
+                if n != 1 {
+                    return Err(ClientError::Internal(format!(
+                        "the key of {user} changed while it was being accepted"
+                    )));
+                }
                 tx.execute("DELETE FROM devices WHERE user = ?1", [user])?;
                 tx.execute("DELETE FROM sessions WHERE user = ?1", [user])?;
                 tx.commit()?;
@@ -1836,10 +2196,16 @@ impl Client {
             };
             tracing::info!("connected");
             // Catch up on what was queued while disconnected.
+            // Set when a push or the catch-up failed: the next tick syncs (what failed stays
+            // queued on the server until acknowledged).
+            let mut need_sync = false;
             match self.sync().await {
                 Ok(ev) => ev.iter().for_each(&mut on_event),
                 Err(ClientError::NotLinked) => {}
-                Err(e) => tracing::warn!(error = %e, "sync failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sync failed; retrying on the next tick");
+                    need_sync = true;
+                }
             }
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             let mut ticks: u32 = 0;
@@ -1860,7 +2226,16 @@ impl Client {
                             // The connection held a minute: the next drop starts a fresh backoff.
                             backoff = Duration::from_millis(500);
                         }
-                        if self.is_linked()? {
+                        if need_sync {
+                            match self.sync().await {
+                                Ok(ev) => {
+                                    need_sync = false;
+                                    ev.iter().for_each(&mut on_event);
+                                }
+                                Err(ClientError::NotLinked) => need_sync = false,
+                                Err(e) => tracing::warn!(error = %e, "sync failed; retrying on the next tick"),
+                            }
+                        } else if self.is_linked()? {
                             if let Err(e) = self.flush_outbox().await {
                                 tracing::warn!(error = %e, "outbox flush failed");
                             }
@@ -1882,7 +2257,8 @@ impl Client {
                             Err(e) => { tracing::warn!(error = %e, "unknown push ignored"); continue; }
                         };
                         if let Err(e) = self.handle_push(push, &mut on_event).await {
-                            tracing::warn!(error = %e, "push handling failed; syncing later");
+                            tracing::warn!(error = %e, "push handling failed; syncing on the next tick");
+                            need_sync = true;
                         }
                     }
                 }
@@ -1935,5 +2311,112 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A DeviceLink is taken only with this device's link secret and a certificate that the
+    /// transferred account key signed for this very device.
+    #[test]
+    fn a_device_link_needs_the_link_secret_and_this_devices_certificate() {
+        let account = AccountKey::generate(&mut OsRng);
+        let me = Me {
+            user: UserId::new("alice").unwrap(),
+            device: DeviceId::generate(&mut OsRng),
+            identity: DeviceIdentity::generate(&mut OsRng),
+        };
+        let cert = account.certify(&me.user, me.device, &me.identity.public(), 1);
+        let pk = account.public_key();
+        let secret = [7u8; LINK_SECRET_LEN];
+        let good = b64(&secret);
+        assert!(check_device_link(Some(&secret), &good, &pk, &cert, &me).is_ok());
+        // Without the secret of this device's code: refused.
+        for wrong in [
+            b64(&[8u8; LINK_SECRET_LEN]),
+            String::new(),
+            b64(&secret[..15]),
+        ] {
+            let e = check_device_link(Some(&secret), &wrong, &pk, &cert, &me).unwrap_err();
+            assert!(e.to_string().contains("link code"), "{e}");
+        }
+        assert!(check_device_link(None, &good, &pk, &cert, &me).is_err());
+        // A certificate the transferred key did not sign.
+        let other = AccountKey::generate(&mut OsRng);
+        assert!(check_device_link(Some(&secret), &good, &other.public_key(), &cert, &me).is_err());
+        // Certificates for another device id, other identity keys, another account.
+        let another_device = account.certify(
+            &me.user,
+            DeviceId::generate(&mut OsRng),
+            &me.identity.public(),
+            1,
+        );
+        let other_keys = account.certify(
+            &me.user,
+            me.device,
+            &DeviceIdentity::generate(&mut OsRng).public(),
+            1,
+        );
+        let other_user = account.certify(
+            &UserId::new("mallory").unwrap(),
+            me.device,
+            &me.identity.public(),
+            1,
+        );
+        for c in [another_device, other_keys, other_user] {
+            assert!(check_device_link(Some(&secret), &good, &pk, &c, &me).is_err());
+        }
+    }
+
+    /// Only explicit, permanent refusals drop a message; the server being unreachable or
+    /// refusing for reasons that are not the message's stops the flush; the rest waits.
+    #[test]
+    fn outbox_failures_are_sorted() {
+        let server = |status: u16, code: &str| ClientError::Server {
+            status,
+            code: code.into(),
+            message: String::new(),
+        };
+        for s in [400, 403, 404, 413] {
+            assert_eq!(disposition(&server(s, "x")), Disposition::Drop, "{s}");
+        }
+        for s in [401, 408, 429] {
+            assert_eq!(disposition(&server(s, "x")), Disposition::Stop, "{s}");
+        }
+        assert_eq!(
+            disposition(&server(409, "too_many_devices")),
+            Disposition::Stop
+        );
+        assert_eq!(
+            disposition(&server(409, "device_mismatch")),
+            Disposition::Skip
+        );
+        assert_eq!(
+            disposition(&ClientError::NoSuchAccount("x".into())),
+            Disposition::Drop
+        );
+        assert_eq!(
+            disposition(&ClientError::Unreachable {
+                endpoint: String::new(),
+                reason: String::new()
+            }),
+            Disposition::Stop
+        );
+        for e in [
+            ClientError::Usage(String::new()),
+            ClientError::Internal(String::new()),
+            ClientError::Content(String::new()),
+            ClientError::KeysInvalid {
+                user: "x".into(),
+                reason: String::new(),
+            },
+        ] {
+            assert_eq!(disposition(&e), Disposition::Skip, "{e}");
+        }
+        assert_eq!(percent_encode("a+b/c=~"), "a%2Bb%2Fc%3D~");
     }
 }

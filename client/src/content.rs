@@ -93,6 +93,11 @@ pub enum Content {
         certificate: String,
         /// The contacts with their pinned keys.
         contacts: Vec<LinkedContact>,
+        /// The secret of the link code (b64): proves the transfer answers this device's own
+        /// code, not a device the server slipped in. Absent (empty) from older approvers,
+        /// whose transfers are refused.
+        #[serde(default)]
+        link_secret: String,
     },
 }
 

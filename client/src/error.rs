@@ -39,6 +39,19 @@ pub enum ClientError {
     /// A contact's account key changed without a signed rotation.
     #[error("the account key of {0} changed: nothing is sent to {0} until you compare safety numbers (`cipherpost verify {0}`) and accept it (`cipherpost verify {0} --accept`)")]
     KeyChanged(String),
+    /// The account does not exist (the server has no keys for it).
+    #[error("there is no account {0}")]
+    NoSuchAccount(String),
+    /// The keys the server gave for an account do not verify (not a plain key change, which
+    /// is [`ClientError::KeyChanged`]): nothing is sent to it, and the next refresh checks
+    /// again.
+    #[error("the keys the server gave for {user} do not verify ({reason}); nothing is sent to {user} until they do")]
+    KeysInvalid {
+        /// The account.
+        user: String,
+        /// Why.
+        reason: String,
+    },
     /// A received payload was not understood.
     #[error("{0}")]
     Content(String),
@@ -54,10 +67,10 @@ impl ClientError {
     /// The process exit code for this error (documented in the README).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Usage(_) => 2,
+            Self::Usage(_) | Self::NoSuchAccount(_) => 2,
             Self::Unreachable { .. } => 3,
             Self::Server { .. } => 4,
-            Self::KeyChanged(_) => 5,
+            Self::KeyChanged(_) | Self::KeysInvalid { .. } => 5,
             Self::NotRegistered | Self::NotLinked => 6,
             Self::Store(_) | Self::Io(_) => 7,
             _ => 1,

@@ -448,3 +448,61 @@ async fn a_lost_register_answer_is_recovered() {
     assert_eq!(u2, user2);
     assert_eq!(c.devices().await.unwrap().len(), 1);
 }
+
+/// A message to an account that does not exist fails on its own: the message to a real
+/// contact queued after it is delivered, and sync keeps working.
+#[tokio::test]
+async fn a_bad_recipient_does_not_hold_up_the_outbox() {
+    let mut a1 = account("alice").await;
+    let mut b1 = account("bob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    let nobody = fresh("nobody");
+    let bad = a1.c.queue_text(&nobody, "lost").unwrap();
+    let good = a1.c.queue_text(&bob, "hello").unwrap();
+    assert_eq!(a1.c.flush_outbox().await.unwrap(), 1);
+    assert_eq!(
+        a1.c.store().outgoing_status(&bad).unwrap(),
+        (false, Some("failed".to_string()))
+    );
+    assert_eq!(
+        a1.c.store().outgoing_status(&good).unwrap(),
+        (false, Some("sent".to_string()))
+    );
+    let ev = a1.c.sync().await.unwrap();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Notice { text } if text.contains(&nobody))),
+        "{ev:?}"
+    );
+    b1.sync().await;
+    assert_eq!(b1.texts(&alice), vec![("hello".into(), "received".into())]);
+    a1.sync().await;
+    assert_eq!(a1.texts(&bob), vec![("hello".into(), "delivered".into())]);
+}
+
+/// The approving device's registration of a new device is answered, but the answer is lost:
+/// approving the same code again finds the device registered and completes the link.
+#[tokio::test]
+async fn a_lost_link_approval_answer_is_recovered() {
+    let mut a1 = account("alice").await;
+    let old = a1.c.link_approve("cplink1.AAAA").await.unwrap_err();
+    assert!(old.to_string().contains("older cipherpost"), "{old}");
+    let mut d = Dev::new();
+    let code = d.c.link_request(&a1.user()).unwrap();
+    let proxy = Proxy::start(ProxyMode::LoseAnswers).await;
+    {
+        let mut via = Client::open(a1.dir.path(), &proxy.url, None).unwrap();
+        let lost = via.link_approve(&code).await.unwrap_err();
+        assert!(matches!(lost, ClientError::Unreachable { .. }), "{lost}");
+    }
+    let path = format!("/v1/accounts/{}/devices", a1.user());
+    assert_eq!(proxy.bodies("POST", &path).len(), 1);
+    let device = a1.c.link_approve(&code).await.unwrap();
+    assert_eq!(device, d.c.whoami().unwrap().1);
+    let ev = d.sync().await;
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Linked { .. })),
+        "{ev:?}"
+    );
+    assert!(d.c.is_linked().unwrap());
+}
