@@ -314,6 +314,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
         Command::Send { group, args } => {
+            let group_send = group.clone();
             let id = match (group, args.as_slice()) {
                 (Some(g), [text]) => {
                     let g = c.resolve_group(&g)?;
@@ -332,22 +333,56 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     ))
                 }
             };
-            let delivered = match c.flush_outbox().await {
-                Ok(_) => c.store().outbox_len()? == 0,
-                Err(ClientError::Unreachable { .. }) => false,
+            // The outbox may hold other messages; what is reported is this one's fate.
+            let to = match args.as_slice() {
+                [to, _] if group_send.is_none() => Some(to.clone()),
+                _ => None,
+            };
+            let flushed = match c.flush_outbox().await {
+                Ok(_) => None,
+                Err(e @ (ClientError::Unreachable { .. } | ClientError::Server { .. })) => Some(e),
                 Err(e) => return Err(e),
             };
             for e in c.take_notices()? {
                 show_event(j, &e);
             }
-            if j {
-                println!("{}", json!({"message_id": id, "sent": delivered}));
-            } else if delivered {
-                println!("sent");
+            let (queued, state) = c.store().outgoing_status(&id)?;
+            let failed = !queued && state.as_deref() == Some("failed");
+            let blocked = match &to {
+                Some(to) if queued => c.store().is_blocked(to)?,
+                _ => false,
+            };
+            let outcome = if failed {
+                "failed"
+            } else if queued {
+                "queued"
             } else {
+                "sent"
+            };
+            if j {
                 println!(
-                    "queued; it will be sent when the server is reachable (`cipherpost sync`)"
+                    "{}",
+                    json!({"message_id": id, "sent": outcome == "sent", "state": outcome})
                 );
+            } else if failed {
+                println!("not sent (see the notice above)");
+            } else if blocked {
+                println!("queued until the changed key is accepted");
+            } else if queued {
+                match &flushed {
+                    Some(e) => println!("queued ({e}); it will be sent by `cipherpost sync`"),
+                    None => println!(
+                        "queued; it will be sent when the server is reachable (`cipherpost sync`)"
+                    ),
+                }
+            } else {
+                println!("sent");
+            }
+            if let (true, Some(to)) = (blocked, to) {
+                return Err(ClientError::KeyChanged(to));
+            }
+            if failed {
+                return Err(ClientError::Usage("the message could not be sent".into()));
             }
         }
         Command::Sync => {
