@@ -55,6 +55,40 @@ pub struct Limits {
     pub max_envelopes: usize,
     /// Most members per group. Env `CIPHERPOST_MAX_GROUP_MEMBERS`.
     pub max_group_members: usize,
+    /// Rate limits, counted in the `limits` table so that they hold across function instances.
+    pub rate: RateLimits,
+}
+
+/// Abuse limits: fixed windows, one counter item per subject and window in the `limits` table
+/// (one UpdateItem per limited request). Over the limit a request gets 429 `rate_limited` with
+/// `Retry-After` (the seconds to the window's end) and changes nothing. 0 turns a limit off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Message sends per device per minute. Env `CIPHERPOST_LIMIT_SENDS_PER_MINUTE`.
+    pub sends_per_minute: u64,
+    /// Key bundle fetches per device per hour, whoever is fetched. Env
+    /// `CIPHERPOST_LIMIT_BUNDLES_PER_HOUR`.
+    pub bundles_per_hour: u64,
+    /// Key bundle fetches per device of one account per hour: each hands out one of that
+    /// account's one-time prekeys per device, so this is what stops one device draining them.
+    /// Env `CIPHERPOST_LIMIT_BUNDLES_PER_TARGET_PER_HOUR`.
+    pub bundles_per_target_per_hour: u64,
+    /// Device links per account per hour. Env `CIPHERPOST_LIMIT_LINKS_PER_HOUR`.
+    pub links_per_hour: u64,
+    /// Attachment uploads per account per hour. Env `CIPHERPOST_LIMIT_UPLOADS_PER_HOUR`.
+    pub uploads_per_hour: u64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            sends_per_minute: 3_000,
+            bundles_per_hour: 600,
+            bundles_per_target_per_hour: 20,
+            links_per_hour: 10,
+            uploads_per_hour: 300,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -72,6 +106,7 @@ impl Default for Limits {
             max_ack_ids: 100,
             max_envelopes: 40,
             max_group_members: 1000,
+            rate: RateLimits::default(),
         }
     }
 }
@@ -146,6 +181,25 @@ impl Config {
                 )?,
                 queue_ttl_secs: number("CIPHERPOST_QUEUE_TTL_SECS", d.queue_ttl_secs)?,
                 max_group_members: number("CIPHERPOST_MAX_GROUP_MEMBERS", d.max_group_members)?,
+                rate: RateLimits {
+                    sends_per_minute: number(
+                        "CIPHERPOST_LIMIT_SENDS_PER_MINUTE",
+                        d.rate.sends_per_minute,
+                    )?,
+                    bundles_per_hour: number(
+                        "CIPHERPOST_LIMIT_BUNDLES_PER_HOUR",
+                        d.rate.bundles_per_hour,
+                    )?,
+                    bundles_per_target_per_hour: number(
+                        "CIPHERPOST_LIMIT_BUNDLES_PER_TARGET_PER_HOUR",
+                        d.rate.bundles_per_target_per_hour,
+                    )?,
+                    links_per_hour: number("CIPHERPOST_LIMIT_LINKS_PER_HOUR", d.rate.links_per_hour)?,
+                    uploads_per_hour: number(
+                        "CIPHERPOST_LIMIT_UPLOADS_PER_HOUR",
+                        d.rate.uploads_per_hour,
+                    )?,
+                },
                 ..d
             },
         })

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_config::{BehaviorVersion, SdkConfig};
 
 pub use crate::{
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, RateLimits},
     error::ApiError,
     http::{HttpRequest, HttpResponse},
     push::{PushOutcome, Pusher},

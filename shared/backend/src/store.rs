@@ -669,6 +669,26 @@ impl Store {
         Ok(())
     }
 
+    /// Counts one hit on the rate-limit counter `key` (one fixed window; the item expires by
+    /// TTL at `expires_at` seconds) and returns the count including this hit: one UpdateItem.
+    pub async fn count_hit(&self, key: &str, expires_at: u64) -> Result<u64, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.tables.limits)
+            .key("limit_key", s(key))
+            .update_expression("ADD hits :one SET #ttl = if_not_exists(#ttl, :ttl)")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":ttl", n(expires_at))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(dynamo)?;
+        let attrs = out.attributes.unwrap_or_default();
+        get_n(&attrs, "hits")
+    }
+
     /// Stores one-time prekeys (batches of 25, unprocessed items retried).
     pub async fn put_prekeys(
         &self,

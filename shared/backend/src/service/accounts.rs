@@ -5,7 +5,7 @@ use cipherpost_protocol::{
 };
 use serde_json::json;
 
-use super::{certificate, one_time_prekeys, signed_prekey};
+use super::{certificate, one_time_prekeys, signed_prekey, Limited};
 use crate::{
     api::{
         CreateAccountRequest, DeviceRef, DeviceRegistered, DeviceRevoked, LinkDeviceRequest,
@@ -172,6 +172,7 @@ impl Backend {
         let body: LinkDeviceRequest = req.json()?;
         let (account, ak) = self.account_with_key(&user).await?;
         let (device, opks) = self.new_device(&user, &ak, &body.device)?;
+        self.rate_limit(Limited::Links, user.as_str(), now).await?;
         self.accept_once(&caller, now).await?;
         let max = self.config.limits.max_devices;
         match self

@@ -3,7 +3,7 @@
 use cipherpost_protocol::{verifying_key, UserId};
 use futures::future::join_all;
 
-use super::{one_time_prekeys, signed_prekey};
+use super::{one_time_prekeys, signed_prekey, Limited};
 use crate::{
     api::{
         DeviceBundle, KeyBundleResponse, OneTimePreKeyJson, PreKeyCount, Push, SignedPreKeyJson,
@@ -113,7 +113,13 @@ impl Backend {
     ) -> Result<HttpResponse, ApiError> {
         let user =
             UserId::new(user).map_err(|e| ApiError::bad_request("invalid_user", e.to_string()))?;
-        self.authenticate(req, now).await?;
+        let caller = self.authenticate(req, now).await?;
+        // Each fetch hands out one-time prekeys of `user`: limited per fetching device, and per
+        // fetching device and account, so that no device can drain an account's prekeys.
+        let me = crate::store::device_key(caller.user.as_str(), caller.device_id());
+        self.rate_limit(Limited::Bundles, &me, now).await?;
+        self.rate_limit(Limited::BundlesOf, &format!("{me}>{user}"), now)
+            .await?;
         let account = self
             .store
             .get_account(user.as_str())

@@ -7,6 +7,7 @@ use cipherpost_protocol::UserId;
 use futures::future::join_all;
 use serde_json::json;
 
+use super::Limited;
 use crate::{
     api::{
         AckRequest, AckResponse, DeviceRef, Envelope, Push, SendRequest, SendResponse,
@@ -63,6 +64,8 @@ impl Backend {
             ));
         }
         let caller = self.authenticate(req, now).await?;
+        let me = crate::store::device_key(caller.user.as_str(), caller.device_id());
+        self.rate_limit(Limited::Sends, &me, now).await?;
         let msg: SendRequest = req.json()?;
         let message_id = msg.message_id.array::<16>("message_id")?;
         let to = match (&msg.to, &msg.group) {

@@ -18,6 +18,92 @@ use crate::{
     ApiError,
 };
 
+/// What a rate limit counts (the first part of its counter's key).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Limited {
+    /// Message sends of one device.
+    Sends,
+    /// Bundle fetches of one device.
+    Bundles,
+    /// Bundle fetches of one device for one account.
+    BundlesOf,
+    /// Device links of one account.
+    Links,
+    /// Attachment uploads of one account.
+    Uploads,
+}
+
+impl Limited {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sends => "sends",
+            Self::Bundles => "bundles",
+            Self::BundlesOf => "bundles_of",
+            Self::Links => "links",
+            Self::Uploads => "uploads",
+        }
+    }
+
+    /// The limit and its window in seconds.
+    fn limit(self, r: &crate::RateLimits) -> (u64, u64) {
+        match self {
+            Self::Sends => (r.sends_per_minute, 60),
+            Self::Bundles => (r.bundles_per_hour, 3_600),
+            Self::BundlesOf => (r.bundles_per_target_per_hour, 3_600),
+            Self::Links => (r.links_per_hour, 3_600),
+            Self::Uploads => (r.uploads_per_hour, 3_600),
+        }
+    }
+
+    /// What a person is told.
+    fn what(self) -> &'static str {
+        match self {
+            Self::Sends => "messages sent by this device",
+            Self::Bundles => "key bundles fetched by this device",
+            Self::BundlesOf => "key bundles of this account fetched by this device",
+            Self::Links => "devices linked to this account",
+            Self::Uploads => "attachments uploaded by this account",
+        }
+    }
+}
+
+impl crate::Backend {
+    /// Counts one request against a rate limit (a fixed window, counted in DynamoDB so that it
+    /// holds across function instances) and refuses it with 429 and `Retry-After` when it is
+    /// over. `subject` names who is limited (a device key, an account).
+    pub(crate) async fn rate_limit(
+        &self,
+        kind: Limited,
+        subject: &str,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        let (limit, window) = kind.limit(&self.config.limits.rate);
+        if limit == 0 {
+            return Ok(());
+        }
+        let now = now_ms / 1000;
+        let start = now - now % window;
+        let end = start + window;
+        let key = format!("{}#{subject}#{start}", kind.name());
+        let hits = self.store.count_hit(&key, end + 60).await?;
+        if hits <= limit {
+            return Ok(());
+        }
+        let wait = end.saturating_sub(now).max(1);
+        let per = if window == 60 { "minute" } else { "hour" };
+        let mut e = ApiError::new(
+            429,
+            "rate_limited",
+            format!(
+                "too many {}: at most {limit} per {per}; retry in {wait} s",
+                kind.what()
+            ),
+        );
+        e.retry_after = Some(wait);
+        Err(e)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
