@@ -47,6 +47,7 @@ export const LIMITS = {
   CIPHERPOST_MAX_DEVICES: 10,
   CIPHERPOST_MAX_PREKEYS_PER_UPLOAD: 100,
   CIPHERPOST_QUEUE_TTL_SECS: 30 * 86_400,
+  CIPHERPOST_MAX_GROUP_MEMBERS: 1000,
 } as const;
 
 export interface CipherpostStackProps extends StackProps {

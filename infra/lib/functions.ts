@@ -31,6 +31,16 @@
 //   get_connection      GetItem connections
 //   drop_connection     UpdateItem devices, DeleteItem connections
 //   remember_once       PutItem replay             (accept_once() and the connect nonce)
+//   get_group           GetItem groups
+//   create_group        PutItem groups (conditional: the id is new)
+//   update_group        PutItem groups (conditional on the version read)
+//   delete_group        DeleteItem groups (conditional on the version read)
+//   missing_accounts    BatchGetItem accounts (keys only)
+//   active_devices(_of) Query devices (one per member, bounded parallelism)
+//   begin_group_send    PutItem sends (conditional: the first attempt)
+//   complete_group_send PutItem sends
+//   get_send_record     GetItem sends
+//   enqueue_fan_out     BatchWriteItem queue (chunks of 25 in parallel)
 // WebSocket management API (shared/backend/src/push.rs):
 //   Pusher::post  -> POST   @connections/{id}  (execute-api:ManageConnections on .../POST/@connections/*)
 //   Pusher::close -> DELETE @connections/{id}  (execute-api:ManageConnections on .../DELETE/@connections/*)
@@ -45,6 +55,7 @@ export type DynamoAction =
   | 'dynamodb:PutItem'
   | 'dynamodb:UpdateItem'
   | 'dynamodb:DeleteItem'
+  | 'dynamodb:BatchGetItem'
   | 'dynamodb:BatchWriteItem';
 
 /** The management API methods a function uses on the WebSocket stage's connections. */
@@ -137,17 +148,47 @@ export const FUNCTIONS: readonly FunctionSpec[] = [
     memoryMb: DEFAULT_MEMORY_MB,
     timeoutSeconds: DEFAULT_TIMEOUT_S,
     tables: {
-      // authenticate (Get), list_devices of recipient and sender (Query), drop_connection (Update)
+      // authenticate (Get), list_devices of recipient and sender / active_devices of the group's
+      // members (Query), drop_connection (Update)
       devices: ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
-      // enqueue's transaction (Put) and get_send for retries (Get)
+      // enqueue's transaction and begin/complete_group_send (Put), get_send(_record) for retries (Get)
       sends: ['dynamodb:GetItem', 'dynamodb:PutItem'],
-      // enqueue's transaction
-      queue: ['dynamodb:PutItem'],
+      // enqueue's transaction (Put), a group message's enqueue_fan_out (BatchWrite)
+      queue: ['dynamodb:PutItem', 'dynamodb:BatchWriteItem'],
       // drop_connection of a gone socket
       connections: ['dynamodb:DeleteItem'],
+      // a group send reads the group (get_group) to check membership and version
+      groups: ['dynamodb:GetItem'],
     },
     // pushes envelopes and ephemeral messages
     connections: ['POST'],
+  },
+  {
+    name: 'groups',
+    api: 'http',
+    routes: [
+      'POST /v1/groups',
+      'GET /v1/groups/{group}',
+      'POST /v1/groups/{group}/members',
+      'DELETE /v1/groups/{group}/members/{user}',
+      'PUT /v1/groups/{group}/admins/{user}',
+      'DELETE /v1/groups/{group}/admins/{user}',
+      'POST /v1/groups/{group}/leave',
+    ],
+    memoryMb: DEFAULT_MEMORY_MB,
+    timeoutSeconds: DEFAULT_TIMEOUT_S,
+    tables: {
+      // get_group (Get), create_group / update_group (Put, conditional), delete_group when the
+      // last member leaves (Delete)
+      groups: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:DeleteItem'],
+      // missing_accounts: do the members to add exist
+      accounts: ['dynamodb:BatchGetItem'],
+      // authenticate (Get), active_devices of every member for the answer (Query)
+      devices: ['dynamodb:GetItem', 'dynamodb:Query'],
+      // accept_once on every change
+      replay: ['dynamodb:PutItem'],
+    },
+    connections: [],
   },
   {
     name: 'sync',
@@ -196,7 +237,7 @@ export const FUNCTIONS: readonly FunctionSpec[] = [
   },
   // FUTURE: add `attachments` (HTTP POST /v1/attachments, GET /v1/attachments/{id}; devices:
   // GetItem for authenticate; S3 s3:PutObject + s3:GetObject on the bucket's objects for the
-  // presigned URLs, which are signed with the function's own credentials) and `groups`
-  // (/v1/groups...) here when their crates exist under functions/. The stack, its outputs and the
+  // presigned URLs, which are signed with the function's own credentials) here when its crate
+  // exists under functions/. The stack, its outputs and the
   // tests pick up every entry of this list; the tests fail until each crate has an entry.
 ];

@@ -38,9 +38,17 @@ const EXPECTED: Record<string, Record<string, string[]>> = {
     ...logs('send'),
     'table:devices': ['dynamodb:GetItem', 'dynamodb:Query', 'dynamodb:UpdateItem'],
     'table:sends': ['dynamodb:GetItem', 'dynamodb:PutItem'],
-    'table:queue': ['dynamodb:PutItem'],
+    'table:queue': ['dynamodb:PutItem', 'dynamodb:BatchWriteItem'],
     'table:connections': ['dynamodb:DeleteItem'],
+    'table:groups': ['dynamodb:GetItem'],
     [CONNECTIONS('POST')]: ['execute-api:ManageConnections'],
+  },
+  groups: {
+    ...logs('groups'),
+    'table:groups': ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:DeleteItem'],
+    'table:accounts': ['dynamodb:BatchGetItem'],
+    'table:devices': ['dynamodb:GetItem', 'dynamodb:Query'],
+    'table:replay': ['dynamodb:PutItem'],
   },
   sync: {
     ...logs('sync'),
@@ -110,4 +118,24 @@ test('a widened grant is seen: grantReadWriteData, an extra table, a wider manag
   assert.notDeepEqual(permissionsOf(extra, 'send'), pairs(EXPECTED.send));
   const wide = synth({}, (st) => st.webSocketApi.grantManageConnections(st.functions.send));
   assert.notDeepEqual(permissionsOf(wide, 'send'), pairs(EXPECTED.send));
+});
+
+test('groups: a widened grant is seen (write on devices, read-write on groups for send, the queue)', () => {
+  const dev = synth({}, (st) => st.tables.devices.grantWriteData(st.functions.groups));
+  assert.notDeepEqual(permissionsOf(dev, 'groups'), pairs(EXPECTED.groups));
+  const rw = synth({}, (st) => st.tables.groups.grantReadWriteData(st.functions.send));
+  assert.notDeepEqual(permissionsOf(rw, 'send'), pairs(EXPECTED.send));
+  const queue = synth({}, (st) => st.tables.queue.grant(st.functions.groups, 'dynamodb:BatchWriteItem'));
+  assert.notDeepEqual(permissionsOf(queue, 'groups'), pairs(EXPECTED.groups));
+  const accounts = synth({}, (st) => st.tables.accounts.grant(st.functions.groups, 'dynamodb:GetItem'));
+  assert.notDeepEqual(permissionsOf(accounts, 'groups'), pairs(EXPECTED.groups));
+});
+
+test('only the groups function writes the groups table; send only reads it', () => {
+  for (const fn of Object.keys(EXPECTED)) {
+    const onGroups = permissionsOf(s, fn).filter((p) => p.endsWith(' on table:groups')).map((p) => p.split(' on ')[0]);
+    if (fn === 'groups') assert.deepEqual(onGroups.sort(), ['dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem']);
+    else if (fn === 'send') assert.deepEqual(onGroups, ['dynamodb:GetItem']);
+    else assert.deepEqual(onGroups, [], fn);
+  }
 });

@@ -17,7 +17,7 @@ const fnResource = (name: string) => {
   return found[1];
 };
 
-/** The HTTP routes of DESIGN.md, "Requests", whose functions exist (attachments and groups come later). */
+/** The HTTP routes of DESIGN.md, "Requests", whose functions exist (attachments comes later). */
 const HTTP_ROUTES: Record<string, string> = {
   'PUT /v1/accounts/{user}': 'register',
   'POST /v1/accounts/{user}/devices': 'register',
@@ -28,6 +28,13 @@ const HTTP_ROUTES: Record<string, string> = {
   'PUT /v1/messages': 'send',
   'GET /v1/messages': 'sync',
   'POST /v1/messages/ack': 'sync',
+  'POST /v1/groups': 'groups',
+  'GET /v1/groups/{group}': 'groups',
+  'POST /v1/groups/{group}/members': 'groups',
+  'DELETE /v1/groups/{group}/members/{user}': 'groups',
+  'PUT /v1/groups/{group}/admins/{user}': 'groups',
+  'DELETE /v1/groups/{group}/admins/{user}': 'groups',
+  'POST /v1/groups/{group}/leave': 'groups',
 };
 
 // ---- functions ---------------------------------------------------------------------------------
@@ -131,6 +138,7 @@ test('the limits equal the backend defaults and DESIGN.md', () => {
   assert.equal(LIMITS.CIPHERPOST_MAX_DEVICES, 10);
   assert.equal(LIMITS.CIPHERPOST_MAX_PREKEYS_PER_UPLOAD, 100);
   assert.equal(LIMITS.CIPHERPOST_QUEUE_TTL_SECS, defs.buckets.attachments.expire_after_days * 86_400);
+  assert.equal(LIMITS.CIPHERPOST_MAX_GROUP_MEMBERS, 1000);
 });
 
 // ---- APIs --------------------------------------------------------------------------------------

@@ -432,3 +432,61 @@ pub fn devices_digest(devices: &[DeviceRef]) -> [u8; 32] {
     }
     h.finalize().into()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    fn d(user: &str, device_id: u32) -> DeviceRef {
+        DeviceRef {
+            user: user.into(),
+            device_id,
+        }
+    }
+
+    #[test]
+    fn devices_digest_is_sha256_of_the_sorted_encoded_devices() {
+        let mut expected = Sha256::new();
+        expected.update([0, 5]);
+        expected.update(b"alice");
+        expected.update(7u32.to_be_bytes());
+        expected.update([0, 3]);
+        expected.update(b"bob");
+        expected.update(1u32.to_be_bytes());
+        expected.update([0, 3]);
+        expected.update(b"bob");
+        expected.update(2u32.to_be_bytes());
+        let expected: [u8; 32] = expected.finalize().into();
+        let sorted = [d("alice", 7), d("bob", 1), d("bob", 2)];
+        let shuffled = [d("bob", 2), d("alice", 7), d("bob", 1)];
+        assert_eq!(devices_digest(&sorted), expected);
+        assert_eq!(devices_digest(&shuffled), expected, "order does not matter");
+        assert_ne!(devices_digest(&sorted[..2]), expected);
+        assert_eq!(devices_digest(&[]), <[u8; 32]>::from(Sha256::digest(b"")));
+    }
+
+    #[test]
+    fn send_request_has_exactly_the_given_recipient_fields() {
+        let one: SendRequest = serde_json::from_str(
+            r#"{"message_id":"AAAAAAAAAAAAAAAAAAAAAA","to":"bob","body":"","envelopes":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(one.to.as_deref(), Some("bob"));
+        assert!(one.group.is_none());
+        let text = serde_json::to_string(&one).unwrap();
+        assert!(!text.contains("group"), "{text}");
+        let group: SendRequest = serde_json::from_str(
+            r#"{"message_id":"AAAAAAAAAAAAAAAAAAAAAA","group":{"group_id":"AAAAAAAAAAAAAAAAAAAAAA","version":3,"devices_digest":"AA"},"body":"","envelopes":[]}"#,
+        )
+        .unwrap();
+        assert!(group.to.is_none());
+        assert_eq!(group.group.unwrap().version, 3);
+        let leave: LeaveGroupRequest = serde_json::from_str("{}").unwrap();
+        assert!(leave.successor.is_none());
+        assert!(serde_json::from_str::<AddMembersRequest>(r#"{"users":[],"x":1}"#).is_err());
+    }
+}

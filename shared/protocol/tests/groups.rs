@@ -12,7 +12,7 @@ use cipherpost_protocol::{
     },
     pad, BodyError, DecodeError, DeviceAddress, DeviceId, DistributionOutcome, GroupId,
     GroupSenderKeys, MessageId, OwnSenderKey, SenderKeyDistribution, SenderKeyError,
-    SenderKeyRecord, SigningSecret, UserId,
+    SenderKeyMessageHeader, SenderKeyRecord, SigningSecret, UserId,
 };
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::OsRng;
@@ -861,4 +861,24 @@ fn sender_key_vectors() {
         "deliveries": deliveries,
     });
     check_vectors("sender_key.json", &value);
+}
+
+#[test]
+fn the_public_header_parses_without_keys_and_refuses_other_bytes() {
+    let (mut own, _) = setup();
+    own.encrypt(&mid(1), b"first").unwrap();
+    let wire = own.encrypt(&mid(2), b"second").unwrap();
+    let h = SenderKeyMessageHeader::parse(&wire).unwrap();
+    assert_eq!(h.group_id, own.group_id());
+    assert_eq!(h.sender, alice());
+    assert_eq!(h.key_id, own.key_id());
+    assert_eq!(h.iteration, 1);
+    assert_eq!(h.message_id, mid(2));
+    // A distribution, a truncated message and a message without room for tag and signature
+    // are not group messages.
+    assert!(SenderKeyMessageHeader::parse(&own.distribution()).is_err());
+    assert!(SenderKeyMessageHeader::parse(&wire[..40]).is_err());
+    let header_len = 1 + 16 + 2 + 5 + 4 + 4 + 4 + 16;
+    assert!(SenderKeyMessageHeader::parse(&wire[..header_len + 79]).is_err());
+    assert!(SenderKeyMessageHeader::parse(&[]).is_err());
 }
