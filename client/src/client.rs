@@ -700,7 +700,21 @@ impl Client {
     }
 
     fn server_error(status: u16, bytes: &[u8]) -> ClientError {
-        let e: ErrorBody = serde_json::from_slice(bytes).unwrap_or_default();
+        let e: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| {
+            // Not the JSON error of the API (a proxy's page, say): shown as text, shortened.
+            let text = String::from_utf8_lossy(bytes);
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let message = match text.char_indices().nth(200) {
+                Some((i, _)) => format!("{}...", &text[..i]),
+                None if text.is_empty() => "(no explanation)".to_string(),
+                None => text,
+            };
+            ErrorBody {
+                error: "unexpected_answer".into(),
+                message,
+                ..Default::default()
+            }
+        });
         if status >= 500 {
             return ClientError::Unreachable {
                 endpoint: "the server".into(),
@@ -1384,8 +1398,9 @@ impl Client {
                     if changed > 0 {
                         store::notice(&tx, &format!("{what} waits in the outbox: {reason}"))?;
                     }
-                    if group.is_none() {
-                        // The next attempt fetches the recipient's keys again.
+                    if changed > 0 && group.is_none() {
+                        // The next attempt fetches the recipient's keys again (once per new
+                        // reason: each fetch hands out one-time prekeys).
                         tx.execute("UPDATE contacts SET fetched = 0 WHERE user = ?1", [&to])?;
                     }
                     tx.commit()?;
@@ -1705,8 +1720,15 @@ impl Client {
             // Kept queued until the key change is accepted.
             Err(ClientError::KeyChanged(_)) => return Ok((false, Vec::new())),
             // Only a failure to ask (or to store) leaves the envelope for a later sync.
+            // (A 401, 408 or 429 is about this device's requests, not the sender.)
             Err(
-                e @ (ClientError::Unreachable { .. } | ClientError::Store(_) | ClientError::Io(_)),
+                e @ (ClientError::Unreachable { .. }
+                | ClientError::Store(_)
+                | ClientError::Io(_)
+                | ClientError::Server {
+                    status: 401 | 408 | 429,
+                    ..
+                }),
             ) => return Err(e),
             // The sender cannot be known (no such account, keys that do not verify, a
             // refusal): an unknown sender.
@@ -2418,5 +2440,18 @@ mod tests {
             assert_eq!(disposition(&e), Disposition::Skip, "{e}");
         }
         assert_eq!(percent_encode("a+b/c=~"), "a%2Bb%2Fc%3D~");
+    }
+
+    /// An error answer that is not the API's JSON is shown as (shortened) text.
+    #[test]
+    fn a_non_json_error_body_is_readable() {
+        let e = Client::server_error(413, b"<html>\n  Request Entity Too Large\n</html>");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("<html> Request Entity Too Large </html>"),
+            "{shown}"
+        );
+        let long = Client::server_error(400, "x".repeat(1000).as_bytes()).to_string();
+        assert!(long.len() < 400, "{long}");
     }
 }
