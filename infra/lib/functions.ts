@@ -41,12 +41,13 @@
 //   complete_group_send PutItem sends
 //   get_send_record     GetItem sends
 //   enqueue_fan_out     BatchWriteItem queue (chunks of 25 in parallel)
+//   count_hit           UpdateItem limits          (rate_limit(): sends, bundle fetches, links)
 // WebSocket management API (shared/backend/src/push.rs):
 //   Pusher::post  -> POST   @connections/{id}  (execute-api:ManageConnections on .../POST/@connections/*)
 //   Pusher::close -> DELETE @connections/{id}  (execute-api:ManageConnections on .../DELETE/@connections/*)
 //
-// The `limits` table of tables.json is not used by any function yet (no rate limiting code), so
-// no function is granted anything on it. S3: no function touches the bucket yet; `attachments`
+// The `limits` table holds the rate-limit counters: register (links), keys (bundle fetches) and
+// send (sends) may only UpdateItem it. S3: no function touches the bucket yet; `attachments`
 // will get s3:PutObject / s3:GetObject on its objects for presigning (see FUTURE below).
 
 export type DynamoAction =
@@ -113,6 +114,8 @@ export const FUNCTIONS: readonly FunctionSpec[] = [
       queue: ['dynamodb:Query', 'dynamodb:BatchWriteItem'],
       // accept_once on link and revoke
       replay: ['dynamodb:PutItem'],
+      // rate_limit on links
+      limits: ['dynamodb:UpdateItem'],
       // revoke drops the revoked device's connection
       connections: ['dynamodb:DeleteItem'],
     },
@@ -135,6 +138,8 @@ export const FUNCTIONS: readonly FunctionSpec[] = [
       prekeys: ['dynamodb:Query', 'dynamodb:DeleteItem', 'dynamodb:BatchWriteItem'],
       // accept_once on upload
       replay: ['dynamodb:PutItem'],
+      // rate_limit on bundle fetches
+      limits: ['dynamodb:UpdateItem'],
       // drop_connection when the prekeys_low push finds the socket gone
       connections: ['dynamodb:DeleteItem'],
     },
@@ -159,6 +164,8 @@ export const FUNCTIONS: readonly FunctionSpec[] = [
       connections: ['dynamodb:DeleteItem'],
       // a group send reads the group (get_group) to check membership and version
       groups: ['dynamodb:GetItem'],
+      // rate_limit on sends
+      limits: ['dynamodb:UpdateItem'],
     },
     // pushes envelopes and ephemeral messages
     connections: ['POST'],

@@ -139,6 +139,20 @@ test('the limits equal the backend defaults and DESIGN.md', () => {
   assert.equal(LIMITS.CIPHERPOST_MAX_PREKEYS_PER_UPLOAD, 100);
   assert.equal(LIMITS.CIPHERPOST_QUEUE_TTL_SECS, defs.buckets.attachments.expire_after_days * 86_400);
   assert.equal(LIMITS.CIPHERPOST_MAX_GROUP_MEMBERS, 1000);
+  // The rate limits equal RateLimits::default() in config.rs.
+  const config = readFileSync(path.join(REPO_ROOT, 'shared', 'backend', 'src', 'config.rs'), 'utf8');
+  const defaults = config.slice(config.indexOf('impl Default for RateLimits'));
+  for (const [env, field] of [
+    ['CIPHERPOST_LIMIT_SENDS_PER_MINUTE', 'sends_per_minute'],
+    ['CIPHERPOST_LIMIT_BUNDLES_PER_HOUR', 'bundles_per_hour'],
+    ['CIPHERPOST_LIMIT_BUNDLES_PER_TARGET_PER_HOUR', 'bundles_per_target_per_hour'],
+    ['CIPHERPOST_LIMIT_LINKS_PER_HOUR', 'links_per_hour'],
+    ['CIPHERPOST_LIMIT_UPLOADS_PER_HOUR', 'uploads_per_hour'],
+  ] as const) {
+    const m = defaults.match(new RegExp(`${field}: ([0-9_]+),`));
+    assert.ok(m, field);
+    assert.equal(LIMITS[env], Number(m[1].replace(/_/g, '')), env);
+  }
 });
 
 // ---- APIs --------------------------------------------------------------------------------------

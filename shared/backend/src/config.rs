@@ -85,7 +85,7 @@ impl Default for RateLimits {
             sends_per_minute: 3_000,
             bundles_per_hour: 600,
             bundles_per_target_per_hour: 20,
-            links_per_hour: 10,
+            links_per_hour: 20,
             uploads_per_hour: 300,
         }
     }
