@@ -59,6 +59,11 @@ const EXPECTED: Record<string, Record<string, string[]>> = {
     'table:connections': ['dynamodb:GetItem', 'dynamodb:DeleteItem'],
     'table:devices': ['dynamodb:UpdateItem'],
   },
+  attachments: {
+    ...logs('attachments'),
+    'table:devices': ['dynamodb:GetItem'],
+    'bucket:attachments/attachments/*': ['s3:PutObject', 's3:GetObject'],
+  },
 };
 
 const pairs = (m: Record<string, string[]>) =>
@@ -84,16 +89,27 @@ test('one role per function, and no other role or policy in the stack', () => {
   assert.equal(resources(s, 'AWS::IAM::User').length, 0);
 });
 
-test('no wildcard actions, no "*" resources, nothing on the limits table or the bucket', () => {
+test('no wildcard actions, no "*" resources, nothing on the limits table, the bucket only for attachments', () => {
   for (const fn of Object.keys(EXPECTED)) {
     for (const p of permissionsOf(s, fn)) {
       const [action, resource] = p.split(' on ');
       assert.ok(!action.includes('*'), `${fn}: ${p}`);
       assert.notEqual(resource, '*', `${fn}: ${p}`);
       assert.ok(!resource.startsWith('table:limits'), `${fn}: ${p}`);
-      assert.ok(!resource.startsWith('bucket:'), `${fn}: ${p}`);
+      if (resource.startsWith('bucket:')) {
+        assert.equal(fn, 'attachments', `${fn}: ${p}`);
+        // Objects under attachments/ only: never the bucket ARN itself (no listing, no policy).
+        assert.equal(resource, 'bucket:attachments/attachments/*', `${fn}: ${p}`);
+        assert.ok(['s3:GetObject', 's3:PutObject'].includes(action), `${fn}: ${p}`);
+      }
     }
   }
+});
+
+test('attachments touches no table but devices (authenticate), and no connection', () => {
+  const perms = permissionsOf(s, 'attachments');
+  assert.deepEqual(perms.filter((p) => p.startsWith('dynamodb:')), ['dynamodb:GetItem on table:devices']);
+  assert.ok(!perms.some((p) => p.startsWith('execute-api:')));
 });
 
 test('ManageConnections only where a function pushes or closes, on this stage only', () => {
@@ -110,4 +126,6 @@ test('a widened grant is seen: grantReadWriteData, an extra table, a wider manag
   assert.notDeepEqual(permissionsOf(extra, 'send'), pairs(EXPECTED.send));
   const wide = synth({}, (st) => st.webSocketApi.grantManageConnections(st.functions.send));
   assert.notDeepEqual(permissionsOf(wide, 'send'), pairs(EXPECTED.send));
+  const bucketWide = synth({}, (st) => st.buckets.attachments.grantRead(st.functions.attachments));
+  assert.notDeepEqual(permissionsOf(bucketWide, 'attachments'), pairs(EXPECTED.attachments));
 });

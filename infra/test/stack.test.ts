@@ -28,6 +28,8 @@ const HTTP_ROUTES: Record<string, string> = {
   'PUT /v1/messages': 'send',
   'GET /v1/messages': 'sync',
   'POST /v1/messages/ack': 'sync',
+  'POST /v1/attachments': 'attachments',
+  'GET /v1/attachments/{id}': 'attachments',
 };
 
 // ---- functions ---------------------------------------------------------------------------------
@@ -131,6 +133,7 @@ test('the limits equal the backend defaults and DESIGN.md', () => {
   assert.equal(LIMITS.CIPHERPOST_MAX_DEVICES, 10);
   assert.equal(LIMITS.CIPHERPOST_MAX_PREKEYS_PER_UPLOAD, 100);
   assert.equal(LIMITS.CIPHERPOST_QUEUE_TTL_SECS, defs.buckets.attachments.expire_after_days * 86_400);
+  assert.equal(LIMITS.CIPHERPOST_MAX_ATTACHMENT_BYTES, 100 * 1024 * 1024);
 });
 
 // ---- APIs --------------------------------------------------------------------------------------

@@ -135,6 +135,12 @@ mod functions {
             route!(PUT, "/v1/messages", cipherpost_fn_send::handler),
             route!(GET, "/v1/messages", cipherpost_fn_sync::handler),
             route!(POST, "/v1/messages/ack", cipherpost_fn_sync::handler),
+            route!(POST, "/v1/attachments", cipherpost_fn_attachments::handler),
+            route!(
+                GET,
+                "/v1/attachments/{id}",
+                cipherpost_fn_attachments::handler
+            ),
         ]);
         config.connect = ws_handler(move |event| cipherpost_fn_ws_connect::handler(backend, event));
         config.disconnect =

@@ -51,6 +51,11 @@ pub struct Limits {
     pub max_ack_ids: usize,
     /// Most envelopes per message.
     pub max_envelopes: usize,
+    /// Largest attachment, in plaintext bytes (100 MiB); the server accepts an object of up to
+    /// `attachment_object_len` of it. Env `CIPHERPOST_MAX_ATTACHMENT_BYTES`.
+    pub max_attachment_bytes: u64,
+    /// How long presigned attachment URLs stay valid, in seconds (15 minutes).
+    pub attachment_url_secs: u64,
 }
 
 impl Default for Limits {
@@ -67,6 +72,8 @@ impl Default for Limits {
             max_sync_page: 500,
             max_ack_ids: 100,
             max_envelopes: 40,
+            max_attachment_bytes: 100 * 1024 * 1024,
+            attachment_url_secs: 900,
         }
     }
 }
@@ -139,6 +146,10 @@ impl Config {
                     d.max_prekeys_per_upload,
                 )?,
                 queue_ttl_secs: number("CIPHERPOST_QUEUE_TTL_SECS", d.queue_ttl_secs)?,
+                max_attachment_bytes: number(
+                    "CIPHERPOST_MAX_ATTACHMENT_BYTES",
+                    d.max_attachment_bytes,
+                )?,
                 ..d
             },
         })

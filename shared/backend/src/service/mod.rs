@@ -1,7 +1,8 @@
 //! What each route does. One module per function: accounts (register), keys, messages (send,
-//! sync) and connections (ws-connect, ws-disconnect).
+//! sync), attachments and connections (ws-connect, ws-disconnect).
 
 mod accounts;
+mod attachments;
 mod connections;
 mod keys;
 mod messages;
