@@ -27,6 +27,9 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// Do not download received attachments now (they stay fetchable with `fetch`).
+    #[arg(long, global = true)]
+    no_auto_download: bool,
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -48,12 +51,23 @@ enum Command {
     },
     /// List this account's devices.
     Devices,
-    /// Send a text (stored first, delivered by the outbox).
+    /// Send a text or files (stored first, delivered by the outbox).
     Send {
         /// The contact.
         to: String,
-        /// The text.
-        text: String,
+        /// The text (with files: their caption; optional).
+        text: Option<String>,
+        /// A file to attach, encrypted (up to 100 MiB; repeat for several).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// The caption of the files (same as TEXT).
+        #[arg(long, conflicts_with = "text")]
+        caption: Option<String>,
+    },
+    /// Download (or retry) the attachments of a received message.
+    Fetch {
+        /// The message id (hex, as `history --json` shows it).
+        message_id: String,
     },
     /// Fetch what is queued for this device and deliver the outbox.
     Sync,
@@ -99,6 +113,9 @@ enum Command {
         /// Send read receipts.
         #[arg(long, value_parser = ["on", "off"])]
         read_receipts: Option<String>,
+        /// Download received attachments automatically.
+        #[arg(long, value_parser = ["on", "off"])]
+        auto_download: Option<String>,
     },
 }
 
@@ -171,7 +188,35 @@ fn show_event(json: bool, e: &Event) {
         }
         Event::Linked { user } => println!("this device is now linked to {user}"),
         Event::Notice { text } => println!("notice: {text}"),
+        Event::Attachment {
+            conversation,
+            message_id,
+            attachment: a,
+        } => match (&a.path, &a.error) {
+            (Some(path), _) => println!("[{conversation}] attachment {} saved to {path}", a.name),
+            (None, Some(e)) => println!(
+                "[{conversation}] attachment {} FAILED: {e}\n  retry with `cipherpost fetch {message_id}`",
+                a.name
+            ),
+            (None, None) => println!(
+                "[{conversation}] attachment {} not downloaded (`cipherpost fetch {message_id}`)",
+                a.name
+            ),
+        },
     }
+}
+
+fn show_attachment(a: &cipherpost_client::AttachmentInfo) {
+    let place = match (a.state.as_str(), &a.path, &a.error) {
+        ("failed", _, Some(e)) => format!("FAILED: {e}"),
+        (_, Some(p), _) => p.clone(),
+        ("pending", _, _) => "not downloaded".to_string(),
+        (s, _, _) => s.to_string(),
+    };
+    println!(
+        "           [file] {} ({}, {} bytes): {place}",
+        a.name, a.content_type, a.size
+    );
 }
 
 fn show_messages(json: bool, msgs: &[StoredMessage]) {
@@ -188,6 +233,16 @@ fn show_messages(json: bool, msgs: &[StoredMessage]) {
         let s = m.sent_ms / 1000;
         let t = format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60);
         println!("{t} UTC  {who}: {}  ({})", m.text, m.state);
+        for a in &m.attachments {
+            show_attachment(a);
+        }
+        if m.attachments
+            .iter()
+            .any(|a| a.state == "pending" || a.state == "failed")
+            && !m.outgoing
+        {
+            println!("           fetch with `cipherpost fetch {}`", m.message_id);
+        }
     }
 }
 
@@ -195,6 +250,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     let dir = profile_dir(&cli)?;
     let mut c = Client::open(&dir, &cli.endpoint, cli.ws_url.as_deref())?;
     let j = cli.json;
+    // Progress bars only on a terminal (indicatif checks stderr) and never with --json.
+    c.set_progress(!j);
+    c.set_no_auto_download(cli.no_auto_download);
     match cli.command {
         Command::Register { user } => {
             let (user, device) = c.register(&user).await?;
@@ -238,8 +296,22 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         }
-        Command::Send { to, text } => {
-            let id = c.queue_text(&to, &text)?;
+        Command::Send {
+            to,
+            text,
+            files,
+            caption,
+        } => {
+            let text = text.or(caption);
+            let id = match (text, files.is_empty()) {
+                (Some(text), true) => c.queue_text(&to, &text)?,
+                (None, true) => {
+                    return Err(ClientError::Usage(
+                        "give a text, or one or more --file PATH".into(),
+                    ))
+                }
+                (text, false) => c.queue_files(&to, text.as_deref().unwrap_or(""), &files)?,
+            };
             let delivered = match c.flush_outbox().await {
                 Ok(_) => c.store().outbox_len()? == 0,
                 Err(ClientError::Unreachable { .. }) => false,
@@ -248,8 +320,12 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             for e in c.take_notices()? {
                 show_event(j, &e);
             }
+            let attachments = c.attachments_of(&id)?;
             if j {
-                println!("{}", json!({"message_id": id, "sent": delivered}));
+                println!(
+                    "{}",
+                    json!({"message_id": id, "sent": delivered, "attachments": attachments})
+                );
             } else if delivered {
                 println!("sent");
             } else {
@@ -316,15 +392,38 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 return Err(ClientError::KeyChanged(v.user));
             }
         }
-        Command::Settings { read_receipts } => {
+        Command::Fetch { message_id } => {
+            let result = c.fetch(&message_id).await;
+            for e in c.take_notices()? {
+                show_event(j, &e);
+            }
+            let got = result?;
+            if j {
+                println!("{}", json!({"message_id": message_id, "attachments": got}));
+            } else {
+                for a in &got {
+                    show_attachment(a);
+                }
+            }
+        }
+        Command::Settings {
+            read_receipts,
+            auto_download,
+        } => {
             if let Some(r) = read_receipts {
                 c.set_read_receipts(r == "on")?;
             }
+            if let Some(a) = auto_download {
+                c.set_auto_download(a == "on")?;
+            }
             let on = c.read_receipts()?;
+            let auto = c.auto_download()?;
+            let word = |b: bool| if b { "on" } else { "off" };
             if j {
-                println!("{}", json!({"read_receipts": on}));
+                println!("{}", json!({"read_receipts": on, "auto_download": auto}));
             } else {
-                println!("read receipts: {}", if on { "on" } else { "off" });
+                println!("read receipts: {}", word(on));
+                println!("auto download: {}", word(auto));
             }
         }
     }

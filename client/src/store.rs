@@ -13,7 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use crate::error::ClientError;
 
 /// The migrations, in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE contacts (
     user TEXT PRIMARY KEY,
@@ -60,7 +61,9 @@ CREATE TABLE outbox (
 );
 CREATE TABLE pending_receipts (message_id TEXT PRIMARY KEY, user TEXT NOT NULL);
 CREATE TABLE notices (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, text TEXT NOT NULL, shown INTEGER NOT NULL DEFAULT 0);
-"#];
+"#,
+    crate::attachments::MIGRATION,
+];
 
 /// The store of one profile.
 pub struct Store {
@@ -86,6 +89,8 @@ pub struct StoredMessage {
     pub sent_ms: u64,
     /// pending, sent, delivered, read, received.
     pub state: String,
+    /// Attached files (empty when none).
+    pub attachments: Vec<crate::attachments::AttachmentInfo>,
 }
 
 impl Store {
@@ -188,7 +193,7 @@ impl Store {
         let rows = st
             .query_map(params![conversation, limit], row_message)?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        self.with_attachments(rows)
     }
 
     /// Every message, oldest first.
@@ -200,6 +205,16 @@ impl Store {
         let rows = st
             .query_map([], row_message)?
             .collect::<Result<Vec<_>, _>>()?;
+        self.with_attachments(rows)
+    }
+
+    fn with_attachments(
+        &self,
+        mut rows: Vec<StoredMessage>,
+    ) -> Result<Vec<StoredMessage>, ClientError> {
+        for m in &mut rows {
+            m.attachments = crate::attachments::for_message(&self.conn, &m.message_id)?;
+        }
         Ok(rows)
     }
 
@@ -235,6 +250,7 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
         text: r.get(5)?,
         sent_ms: r.get::<_, i64>(6)? as u64,
         state: r.get(7)?,
+        attachments: Vec::new(),
     })
 }
 
