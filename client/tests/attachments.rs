@@ -167,7 +167,7 @@ async fn a_20_mib_file_reaches_three_devices_byte_identical_and_s3_never_holds_p
     let (path, data) = random_file(src.path(), "holiday video.mp4", 20 * MIB);
 
     let id =
-        a1.c.queue_files(&bob, "from the beach", &[path.clone()])
+        a1.c.queue_files(&bob, "from the beach", std::slice::from_ref(&path))
             .unwrap();
     // Encrypted locally while streaming; nothing sent yet.
     let objects = files_in(&a1.dir.path().join("outbox-files"));
