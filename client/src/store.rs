@@ -218,12 +218,16 @@ impl Store {
         Ok(rows)
     }
 
-    /// Conversations with their unread count and last text.
+    /// Conversations with their unread count and last text (with its attachments: name and
+    /// path, `not downloaded` or `FAILED`).
     pub fn inbox(&self) -> Result<Vec<(String, u32, String)>, ClientError> {
         let mut st = self.conn.prepare(
             "SELECT conversation,
                     SUM(CASE WHEN outgoing = 0 AND state = 'received' THEN 1 ELSE 0 END),
-                    (SELECT text FROM messages m2 WHERE m2.conversation = m.conversation ORDER BY seq DESC LIMIT 1)
+                    (SELECT m2.text || COALESCE((SELECT ' [file: ' || GROUP_CONCAT(a.name || ' -> ' ||
+                              CASE WHEN a.state = 'failed' THEN 'FAILED' ELSE COALESCE(a.path, 'not downloaded') END, ', ') || ']'
+                            FROM attachments a WHERE a.message_id = m2.message_id HAVING COUNT(*) > 0), '')
+                     FROM messages m2 WHERE m2.conversation = m.conversation ORDER BY seq DESC LIMIT 1)
              FROM messages m GROUP BY conversation ORDER BY MAX(seq) DESC",
         )?;
         let rows = st
