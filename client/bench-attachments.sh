@@ -10,6 +10,9 @@
 # (PROFILE=debug by default; the crypto crates are optimised even in debug builds, see the
 # workspace Cargo.toml; PROFILE=release builds with LTO). Peak memory is the process's maximum
 # resident set size (VmHWM) as GNU time reports it.
+#
+# moto keeps S3 objects in memory and grew to several GB over a few 100 MiB runs here: restart
+# it (localstack/cloud.sh stop && start) after benchmarking on a shared machine.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
