@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::{
     api::*,
+    attachments::{AttachmentInfo, AttachmentSettings},
     content::{Content, LinkedContact, ReceiptKind},
     error::ClientError,
     now_ms,
@@ -108,12 +109,21 @@ pub enum Event {
         /// The text.
         text: String,
     },
+    /// A received attachment was downloaded and verified, or failed (`attachment.error`).
+    Attachment {
+        /// The contact.
+        conversation: String,
+        /// Hex message id (for `cipherpost fetch`).
+        message_id: String,
+        /// The attachment, with its path when downloaded.
+        attachment: AttachmentInfo,
+    },
 }
 
 /// This device's identity.
-struct Me {
-    user: UserId,
-    device: DeviceId,
+pub(crate) struct Me {
+    pub(crate) user: UserId,
+    pub(crate) device: DeviceId,
     identity: DeviceIdentity,
 }
 
@@ -132,7 +142,7 @@ pub struct Verification {
 
 /// A cipherpost device profile.
 pub struct Client {
-    store: Store,
+    pub(crate) store: Store,
     http: reqwest::Client,
     endpoint: String,
     ws_url: String,
@@ -141,10 +151,11 @@ pub struct Client {
     awaiting_sender_key: bool,
     /// A sender key arrived in this sync pass.
     received_sender_key: bool,
+    pub(crate) attachments: AttachmentSettings,
 }
 
 /// A device id as a decimal string for SQL.
-fn dev(d: DeviceId) -> i64 {
+pub(crate) fn dev(d: DeviceId) -> i64 {
     i64::from(d.get())
 }
 
@@ -243,14 +254,14 @@ fn save_sessions(
 }
 
 /// A contact row.
-struct Contact {
+pub(crate) struct Contact {
     pinned: Option<Vec<u8>>,
     pending: Option<Vec<u8>>,
-    blocked: bool,
+    pub(crate) blocked: bool,
     fetched: bool,
 }
 
-fn contact(conn: &Connection, user: &str) -> Result<Option<Contact>, ClientError> {
+pub(crate) fn contact(conn: &Connection, user: &str) -> Result<Option<Contact>, ClientError> {
     Ok(conn
         .query_row(
             "SELECT pinned_key, pending_key, blocked, fetched FROM contacts WHERE user = ?1",
@@ -558,6 +569,7 @@ impl Client {
             me: None,
             awaiting_sender_key: false,
             received_sender_key: false,
+            attachments: AttachmentSettings::new(dir)?,
         };
         client.me = client.load_me()?;
         Ok(client)
@@ -599,11 +611,11 @@ impl Client {
         Ok(self.store.meta_str("state")?.as_deref() == Some("registered"))
     }
 
-    fn me(&self) -> Result<&Me, ClientError> {
+    pub(crate) fn me(&self) -> Result<&Me, ClientError> {
         self.me.as_ref().ok_or(ClientError::NotRegistered)
     }
 
-    fn linked_me(&self) -> Result<&Me, ClientError> {
+    pub(crate) fn linked_me(&self) -> Result<&Me, ClientError> {
         let me = self.me()?;
         if !self.is_linked()? {
             return Err(ClientError::NotLinked);
@@ -728,7 +740,7 @@ impl Client {
         }
     }
 
-    async fn call_json<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn call_json<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         path_and_query: &str,
@@ -1308,6 +1320,7 @@ impl Client {
             to: to.to_string(),
             text: text.to_string(),
             sent_ms: now_ms(),
+            attachments: Vec::new(),
         };
         let tx = self.store.write_tx()?;
         tx.execute("INSERT OR IGNORE INTO contacts (user) VALUES (?1)", [to])?;
@@ -1425,6 +1438,7 @@ impl Client {
                 }
             }
         }
+        self.cleanup_attachment_objects()?;
         Ok(sent)
     }
 
@@ -1437,6 +1451,7 @@ impl Client {
         if !c.is_some_and(|c| c.fetched) {
             self.refresh_devices(to).await?;
         }
+        self.upload_attachments(seq).await?;
         for _ in 0..MAX_MISMATCH_RETRIES {
             let (message_id, body, envelopes) = {
                 let me = self.me()?;
@@ -1800,7 +1815,12 @@ impl Client {
         let applied = (|| -> Result<(), ClientError> {
             let plain = open_body(&content, &env.body.0, &mid).map_err(ClientError::protocol)?;
             match Content::decode(&plain)? {
-                Content::Text { to, text, sent_ms } if !ephemeral => {
+                Content::Text {
+                    to,
+                    text,
+                    sent_ms,
+                    attachments,
+                } if !ephemeral => {
                     let (conversation, state) = if from_self {
                         (to, "sent")
                     } else {
@@ -1811,6 +1831,7 @@ impl Client {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![id, conversation, from_self as i64, sender_user, env.sender.device_id, text, sent_ms as i64, env.server_ts as i64, state],
                 )?;
+                    crate::attachments::store_incoming(&tx, &id, &attachments)?;
                     tx.execute(
                         "INSERT OR IGNORE INTO contacts (user) VALUES (?1)",
                         [&conversation],
@@ -1988,6 +2009,7 @@ impl Client {
                 break;
             }
         }
+        events.extend(self.download_pending().await?);
         self.store
             .set_meta("last_sync_ms", now_ms().to_string().as_bytes())?;
         if self.is_linked()? {
@@ -2308,6 +2330,10 @@ impl Client {
                 if ack {
                     self.ack(vec![envelope.id.clone()]).await?;
                 }
+                self.download_pending()
+                    .await?
+                    .iter()
+                    .for_each(&mut *on_event);
                 self.queue_pending_receipts()?;
                 if self.awaiting_sender_key && self.received_sender_key {
                     // The key a queued group message waited for is here: open it now.

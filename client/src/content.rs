@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ClientError;
+use crate::{attachments::AttachmentPointer, error::ClientError};
 
 /// The payload format version this client writes and reads.
 pub const CONTENT_VERSION: u32 = 1;
@@ -39,6 +39,9 @@ pub enum Content {
         text: String,
         /// When it was written (Unix ms, sender's clock).
         sent_ms: u64,
+        /// Attached files (absent when none; older clients ignore it and show the text).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<AttachmentPointer>,
     },
     /// Delivery or read receipts for messages of the receiving account.
     Receipt {
@@ -170,6 +173,7 @@ mod tests {
             to: "bob".into(),
             text: "hi".into(),
             sent_ms: 5,
+            attachments: Vec::new(),
         };
         let b = c.encode().unwrap();
         assert_eq!(

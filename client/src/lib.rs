@@ -5,12 +5,14 @@
 //! `cipherpost-protocol`. The `cipherpost` binary is a thin CLI over [`Client`].
 
 pub mod api;
+pub mod attachments;
 mod client;
 pub mod content;
 mod error;
 pub mod store;
 
 pub use crate::{
+    attachments::{AttachmentInfo, AttachmentPointer},
     client::{Client, Event, GroupInfo, PrekeyMaintenance, Verification},
     error::ClientError,
     store::{Store, StoredMessage},

@@ -27,6 +27,9 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// Do not download received attachments now (they stay fetchable with `fetch`).
+    #[arg(long, global = true)]
+    no_auto_download: bool,
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -54,9 +57,20 @@ enum Command {
         /// Send to this group (name or id) instead of a contact.
         #[arg(long)]
         group: Option<String>,
-        /// The contact and the text, or only the text with --group.
+        /// The contact and the text (optional with files), or only the text with --group.
         #[arg(value_name = "TO TEXT", num_args = 1..=2, required = true)]
         args: Vec<String>,
+        /// A file to attach, encrypted (up to 100 MiB; repeat for several).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// The caption of the files (same as TEXT).
+        #[arg(long)]
+        caption: Option<String>,
+    },
+    /// Download (or retry) the attachments of a received message.
+    Fetch {
+        /// The message id (hex, as `history --json` shows it).
+        message_id: String,
     },
     /// Group chats: create, add, remove, promote, demote, leave, info, list, rename.
     Group {
@@ -111,6 +125,9 @@ enum Command {
         /// Send read receipts.
         #[arg(long, value_parser = ["on", "off"])]
         read_receipts: Option<String>,
+        /// Download received attachments automatically.
+        #[arg(long, value_parser = ["on", "off"])]
+        auto_download: Option<String>,
     },
 }
 
@@ -246,7 +263,35 @@ fn show_event(json: bool, e: &Event) {
         }
         Event::Linked { user } => println!("this device is now linked to {user}"),
         Event::Notice { text } => println!("notice: {text}"),
+        Event::Attachment {
+            conversation,
+            message_id,
+            attachment: a,
+        } => match (&a.path, &a.error) {
+            (Some(path), _) => println!("[{conversation}] attachment {} saved to {path}", a.name),
+            (None, Some(e)) => println!(
+                "[{conversation}] attachment {} FAILED: {e}\n  retry with `cipherpost fetch {message_id}`",
+                a.name
+            ),
+            (None, None) => println!(
+                "[{conversation}] attachment {} not downloaded (`cipherpost fetch {message_id}`)",
+                a.name
+            ),
+        },
     }
+}
+
+fn show_attachment(a: &cipherpost_client::AttachmentInfo) {
+    let place = match (a.state.as_str(), &a.path, &a.error) {
+        ("failed", _, Some(e)) => format!("FAILED: {e}"),
+        (_, Some(p), _) => p.clone(),
+        ("pending", _, _) => "not downloaded".to_string(),
+        (s, _, _) => s.to_string(),
+    };
+    println!(
+        "           [file] {} ({}, {} bytes): {place}",
+        a.name, a.content_type, a.size
+    );
 }
 
 fn show_messages(json: bool, msgs: &[StoredMessage]) {
@@ -263,6 +308,16 @@ fn show_messages(json: bool, msgs: &[StoredMessage]) {
         let s = m.sent_ms / 1000;
         let t = format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60);
         println!("{t} UTC  {who}: {}  ({})", m.text, m.state);
+        for a in &m.attachments {
+            show_attachment(a);
+        }
+        if m.attachments
+            .iter()
+            .any(|a| a.state == "pending" || a.state == "failed")
+            && !m.outgoing
+        {
+            println!("           fetch with `cipherpost fetch {}`", m.message_id);
+        }
     }
 }
 
@@ -270,6 +325,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     let dir = profile_dir(&cli)?;
     let mut c = Client::open(&dir, &cli.endpoint, cli.ws_url.as_deref())?;
     let j = cli.json;
+    // Progress bars only on a terminal (indicatif checks stderr) and never with --json.
+    c.set_progress(!j);
+    c.set_no_auto_download(cli.no_auto_download);
     match cli.command {
         Command::Register { user } => {
             let (user, device) = c.register(&user).await?;
@@ -313,14 +371,33 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         }
-        Command::Send { group, args } => {
+        Command::Send {
+            group,
+            args,
+            files,
+            caption,
+        } => {
             let group_send = group.clone();
             let id = match (group, args.as_slice()) {
+                (Some(_), _) if !files.is_empty() => {
+                    return Err(ClientError::Usage(
+                        "files cannot be sent to a group yet; send them to each contact".into(),
+                    ))
+                }
                 (Some(g), [text]) => {
                     let g = c.resolve_group(&g)?;
                     c.queue_group_text(&g, text)?
                 }
-                (None, [to, text]) => c.queue_text(to, text)?,
+                (None, [to, text]) if files.is_empty() => c.queue_text(to, text)?,
+                (None, [to]) if files.is_empty() => {
+                    return Err(ClientError::Usage(format!(
+                        "give a text, or one or more --file PATH: cipherpost send {to} TEXT"
+                    )))
+                }
+                (None, [to, rest @ ..]) => {
+                    let text = rest.first().cloned().or(caption);
+                    c.queue_files(to, text.as_deref().unwrap_or(""), &files)?
+                }
                 (Some(_), _) => {
                     return Err(ClientError::Usage(
                         "with --group, give only the text: cipherpost send --group GROUP TEXT"
@@ -335,7 +412,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             };
             // The outbox may hold other messages; what is reported is this one's fate.
             let to = match args.as_slice() {
-                [to, _] if group_send.is_none() => Some(to.clone()),
+                [to, ..] if group_send.is_none() => Some(to.clone()),
                 _ => None,
             };
             let flushed = match c.flush_outbox().await {
@@ -359,10 +436,11 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             } else {
                 "sent"
             };
+            let attachments = c.attachments_of(&id)?;
             if j {
                 println!(
                     "{}",
-                    json!({"message_id": id, "sent": outcome == "sent", "state": outcome})
+                    json!({"message_id": id, "sent": outcome == "sent", "state": outcome, "attachments": attachments})
                 );
             } else if failed {
                 println!("not sent (see the notice above)");
@@ -452,15 +530,38 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 return Err(ClientError::KeyChanged(v.user));
             }
         }
-        Command::Settings { read_receipts } => {
+        Command::Fetch { message_id } => {
+            let result = c.fetch(&message_id).await;
+            for e in c.take_notices()? {
+                show_event(j, &e);
+            }
+            let got = result?;
+            if j {
+                println!("{}", json!({"message_id": message_id, "attachments": got}));
+            } else {
+                for a in &got {
+                    show_attachment(a);
+                }
+            }
+        }
+        Command::Settings {
+            read_receipts,
+            auto_download,
+        } => {
             if let Some(r) = read_receipts {
                 c.set_read_receipts(r == "on")?;
             }
+            if let Some(a) = auto_download {
+                c.set_auto_download(a == "on")?;
+            }
             let on = c.read_receipts()?;
+            let auto = c.auto_download()?;
+            let word = |b: bool| if b { "on" } else { "off" };
             if j {
-                println!("{}", json!({"read_receipts": on}));
+                println!("{}", json!({"read_receipts": on, "auto_download": auto}));
             } else {
-                println!("read receipts: {}", if on { "on" } else { "off" });
+                println!("read receipts: {}", word(on));
+                println!("auto download: {}", word(auto));
             }
         }
     }

@@ -135,6 +135,8 @@ DROP TABLE pending_receipts;
 ALTER TABLE pending_receipts_v4 RENAME TO pending_receipts;
 ALTER TABLE outbox ADD COLUMN last_error TEXT;
 "#,
+    // 5: attachments (the pointers of received and sent files, and their download state).
+    crate::attachments::MIGRATION,
 ];
 
 /// The store of one profile.
@@ -161,6 +163,8 @@ pub struct StoredMessage {
     pub sent_ms: u64,
     /// pending, sent, delivered, read, received.
     pub state: String,
+    /// Attached files (empty when none).
+    pub attachments: Vec<crate::attachments::AttachmentInfo>,
 }
 
 impl Store {
@@ -309,7 +313,7 @@ impl Store {
         let rows = st
             .query_map(params![conversation, limit], row_message)?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        self.with_attachments(rows)
     }
 
     /// Every message, oldest first.
@@ -321,15 +325,29 @@ impl Store {
         let rows = st
             .query_map([], row_message)?
             .collect::<Result<Vec<_>, _>>()?;
+        self.with_attachments(rows)
+    }
+
+    fn with_attachments(
+        &self,
+        mut rows: Vec<StoredMessage>,
+    ) -> Result<Vec<StoredMessage>, ClientError> {
+        for m in &mut rows {
+            m.attachments = crate::attachments::for_message(&self.conn, &m.message_id)?;
+        }
         Ok(rows)
     }
 
-    /// Conversations with their unread count and last text.
+    /// Conversations with their unread count and last text (with its attachments: name and
+    /// path, `not downloaded` or `FAILED`).
     pub fn inbox(&self) -> Result<Vec<(String, u32, String)>, ClientError> {
         let mut st = self.conn.prepare(
             "SELECT conversation,
                     SUM(CASE WHEN outgoing = 0 AND state = 'received' THEN 1 ELSE 0 END),
-                    (SELECT text FROM messages m2 WHERE m2.conversation = m.conversation ORDER BY seq DESC LIMIT 1)
+                    (SELECT m2.text || COALESCE((SELECT ' [file: ' || GROUP_CONCAT(a.name || ' -> ' ||
+                              CASE WHEN a.state = 'failed' THEN 'FAILED' ELSE COALESCE(a.path, 'not downloaded') END, ', ') || ']'
+                            FROM attachments a WHERE a.message_id = m2.message_id HAVING COUNT(*) > 0), '')
+                     FROM messages m2 WHERE m2.conversation = m.conversation ORDER BY seq DESC LIMIT 1)
              FROM messages m GROUP BY conversation ORDER BY MAX(seq) DESC",
         )?;
         let rows = st
@@ -356,6 +374,7 @@ fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
         text: r.get(5)?,
         sent_ms: r.get::<_, i64>(6)? as u64,
         state: r.get(7)?,
+        attachments: Vec::new(),
     })
 }
 

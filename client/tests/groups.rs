@@ -1,6 +1,7 @@
 //! Group chats end to end against the local cloud: separate client profiles, the real group
 //! routes and fan-out, sender keys over the pairwise sessions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(clippy::cloned_ref_to_slice_refs, clippy::unnecessary_to_owned, clippy::double_ended_iterator_last)]
 
 mod support;
 
@@ -102,7 +103,10 @@ async fn a_removed_member_cannot_read_what_follows() {
     let mut b2 = link(&mut b1).await;
     let mut c1 = account("grc").await;
     let (bob, carol) = (b1.user(), c1.user());
-    let info = a1.c.group_create("g", &[bob.clone(), carol.clone()]).await.unwrap();
+    let info =
+        a1.c.group_create("g", &[bob.clone(), carol.clone()])
+            .await
+            .unwrap();
     let gid = info.group_id;
     a1.c.flush_outbox().await.unwrap();
     sync_all(&mut [&mut b1, &mut b2, &mut c1]).await;
@@ -135,10 +139,9 @@ async fn a_removed_member_cannot_read_what_follows() {
         user: bob.clone(),
         device_id: b1.c.whoami().unwrap().1,
     };
-    let err = c1
-        .c
-        .try_open_group_message(&gid, &sender, &mid, &wire)
-        .unwrap_err();
+    let err =
+        c1.c.try_open_group_message(&gid, &sender, &mid, &wire)
+            .unwrap_err();
     assert!(err.to_string().contains("key"), "{err}");
     // carol's client, told of the group, sees she is no longer a member.
     let info = c1.c.group_info(&gid).await.unwrap();
@@ -156,12 +159,11 @@ async fn only_admins_change_the_group() {
     let c1 = account("gac").await;
     let d1 = account("gad").await;
     let (bob, carol, dave) = (b1.user(), c1.user(), d1.user());
-    let gid = a1
-        .c
-        .group_create("admins", &[bob.clone(), carol.clone()])
-        .await
-        .unwrap()
-        .group_id;
+    let gid =
+        a1.c.group_create("admins", &[bob.clone(), carol.clone()])
+            .await
+            .unwrap()
+            .group_id;
     a1.c.flush_outbox().await.unwrap();
     b1.sync().await;
     let before = b1.c.group_info(&gid).await.unwrap();
@@ -205,7 +207,11 @@ async fn a_member_added_later_cannot_read_earlier_messages() {
         c: Client::open(a1.dir.path(), &proxy.url, None).unwrap(),
         dir: tempfile::TempDir::new().unwrap(),
     };
-    let gid = ap.c.group_create("late", &[bob.clone()]).await.unwrap().group_id;
+    let gid =
+        ap.c.group_create("late", &[bob.clone()])
+            .await
+            .unwrap()
+            .group_id;
     let early_id = ap.c.queue_group_text(&gid, "early").unwrap();
     ap.c.flush_outbox().await.unwrap();
     ap.c.group_add(&gid, &[dave.clone()]).await.unwrap();
@@ -216,7 +222,10 @@ async fn a_member_added_later_cannot_read_earlier_messages() {
     let alice = a1.user();
     assert_eq!(
         group_texts(&b1, &gid),
-        vec![(alice.clone(), "early".into()), (alice.clone(), "late".into())]
+        vec![
+            (alice.clone(), "early".into()),
+            (alice.clone(), "late".into())
+        ]
     );
     assert_eq!(group_texts(&d1, &gid), vec![(alice.clone(), "late".into())]);
     // The early message, captured, does not open with dave's keys: he was given the sender
@@ -240,7 +249,11 @@ async fn a_stale_member_list_gets_409_and_the_client_recovers() {
     let mut e1 = account("gse").await;
     let mut e2 = link(&mut e1).await;
     let (bob, erin) = (b1.user(), e1.user());
-    let gid = a1.c.group_create("stale", &[bob.clone()]).await.unwrap().group_id;
+    let gid =
+        a1.c.group_create("stale", &[bob.clone()])
+            .await
+            .unwrap()
+            .group_id;
     a1.c.flush_outbox().await.unwrap();
     b1.sync().await;
     let v_before = b1.c.groups().unwrap()[0].version;

@@ -48,6 +48,7 @@ export const LIMITS = {
   CIPHERPOST_MAX_PREKEYS_PER_UPLOAD: 100,
   CIPHERPOST_QUEUE_TTL_SECS: 30 * 86_400,
   CIPHERPOST_MAX_GROUP_MEMBERS: 1000,
+  CIPHERPOST_MAX_ATTACHMENT_BYTES: 100 * 1024 * 1024,
   // Abuse limits (config.rs RateLimits): counted in the limits table, 429 above them.
   CIPHERPOST_LIMIT_SENDS_PER_MINUTE: 3_000,
   CIPHERPOST_LIMIT_BUNDLES_PER_HOUR: 600,
@@ -310,6 +311,18 @@ export class CipherpostStack extends Stack {
       if (!table) throw new Error(`function ${spec.name}: table ${logical} is not in tables.json`);
       // Table ARN only: no table has an index (tables.json), so no index ARN is granted.
       role.addToPolicy(new iam.PolicyStatement({ actions: [...actions], resources: [table.tableArn] }));
+    }
+    for (const [logical, grant] of Object.entries(spec.objects ?? {})) {
+      const bucket = this.buckets[logical];
+      if (!bucket) throw new Error(`function ${spec.name}: bucket ${logical} is not in tables.json`);
+      if (!/^[a-z0-9-]+\/$/.test(grant.prefix)) {
+        throw new Error(`function ${spec.name}: object prefix ${grant.prefix} must be a plain folder`);
+      }
+      // The objects under the prefix only: never the bucket itself, never other keys.
+      role.addToPolicy(new iam.PolicyStatement({
+        actions: [...grant.actions],
+        resources: [bucket.arnForObjects(`${grant.prefix}*`)],
+      }));
     }
     if (spec.connections.length > 0) {
       // Only this stage's connections, and only the methods the function uses.

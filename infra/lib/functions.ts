@@ -41,14 +41,20 @@
 //   complete_group_send PutItem sends
 //   get_send_record     GetItem sends
 //   enqueue_fan_out     BatchWriteItem queue (chunks of 25 in parallel)
-//   count_hit           UpdateItem limits          (rate_limit(): sends, bundle fetches, links)
+//   count_hit           UpdateItem limits          (rate_limit(): sends, bundle fetches, links, uploads)
 // WebSocket management API (shared/backend/src/push.rs):
 //   Pusher::post  -> POST   @connections/{id}  (execute-api:ManageConnections on .../POST/@connections/*)
 //   Pusher::close -> DELETE @connections/{id}  (execute-api:ManageConnections on .../DELETE/@connections/*)
 //
-// The `limits` table holds the rate-limit counters: register (links), keys (bundle fetches) and
-// send (sends) may only UpdateItem it. S3: no function touches the bucket yet; `attachments`
-// will get s3:PutObject / s3:GetObject on its objects for presigning (see FUTURE below).
+// S3 (shared/backend/src/service/attachments.rs), on the bucket's `attachments/*` objects only:
+//   create_attachment   presigned PutObject  -> s3:PutObject (a presigned URL acts with the
+//                       permissions of the credentials that signed it: the function's role)
+//   get_attachment      HeadObject + presigned GetObject -> s3:GetObject (HeadObject is
+//                       authorised as GetObject; without s3:ListBucket a missing key answers 403,
+//                       which the backend also reads as "unknown")
+//
+// The `limits` table holds the rate-limit counters: register (links), keys (bundle fetches),
+// send (sends) and attachments (uploads) may only UpdateItem it.
 
 export type DynamoAction =
   | 'dynamodb:GetItem'
@@ -58,6 +64,16 @@ export type DynamoAction =
   | 'dynamodb:DeleteItem'
   | 'dynamodb:BatchGetItem'
   | 'dynamodb:BatchWriteItem';
+
+/** The S3 object actions a function may use. */
+export type S3Action = 's3:GetObject' | 's3:PutObject';
+
+/** S3 grants on the objects of one bucket under one key prefix. */
+export interface ObjectGrant {
+  /** Key prefix the grant is limited to, e.g. `attachments/`. */
+  readonly prefix: string;
+  readonly actions: readonly S3Action[];
+}
 
 /** The management API methods a function uses on the WebSocket stage's connections. */
 export type ConnectionMethod = 'POST' | 'DELETE';
@@ -76,6 +92,8 @@ export interface FunctionSpec {
   readonly tables: Readonly<Record<string, readonly DynamoAction[]>>;
   /** Management API methods on the WebSocket stage's @connections (empty: none). */
   readonly connections: readonly ConnectionMethod[];
+  /** Bucket (logical name of tables.json) -> object grants under a prefix (absent: none). */
+  readonly objects?: Readonly<Record<string, ObjectGrant>>;
 }
 
 // Memory: a cipherpost function is a ~5-10 MB static Rust binary using ~20-30 MB of RAM; its
@@ -242,9 +260,25 @@ export const FUNCTIONS: readonly FunctionSpec[] = [
     },
     connections: [],
   },
-  // FUTURE: add `attachments` (HTTP POST /v1/attachments, GET /v1/attachments/{id}; devices:
-  // GetItem for authenticate; S3 s3:PutObject + s3:GetObject on the bucket's objects for the
-  // presigned URLs, which are signed with the function's own credentials) here when its crate
-  // exists under functions/. The stack, its outputs and the
-  // tests pick up every entry of this list; the tests fail until each crate has an entry.
+  {
+    name: 'attachments',
+    api: 'http',
+    routes: ['POST /v1/attachments', 'GET /v1/attachments/{id}'],
+    memoryMb: DEFAULT_MEMORY_MB,
+    timeoutSeconds: DEFAULT_TIMEOUT_S,
+    tables: {
+      // authenticate
+      devices: ['dynamodb:GetItem'],
+      // rate_limit on uploads
+      limits: ['dynamodb:UpdateItem'],
+    },
+    connections: [],
+    objects: {
+      // presigned PUT (create), HeadObject + presigned GET (get); the function never reads or
+      // writes an object's bytes itself
+      attachments: { prefix: 'attachments/', actions: ['s3:PutObject', 's3:GetObject'] },
+    },
+  },
+  // The stack, its outputs and the tests pick up every entry of this list; the tests fail until
+  // each crate under functions/ has an entry.
 ];

@@ -70,6 +70,12 @@ const EXPECTED: Record<string, Record<string, string[]>> = {
     'table:connections': ['dynamodb:GetItem', 'dynamodb:DeleteItem'],
     'table:devices': ['dynamodb:UpdateItem'],
   },
+  attachments: {
+    ...logs('attachments'),
+    'table:devices': ['dynamodb:GetItem'],
+    'table:limits': ['dynamodb:UpdateItem'],
+    'bucket:attachments/attachments/*': ['s3:PutObject', 's3:GetObject'],
+  },
 };
 
 const pairs = (m: Record<string, string[]>) =>
@@ -95,7 +101,7 @@ test('one role per function, and no other role or policy in the stack', () => {
   assert.equal(resources(s, 'AWS::IAM::User').length, 0);
 });
 
-test('no wildcard actions, no "*" resources, only counter updates on the limits table, nothing on the bucket', () => {
+test('no wildcard actions, no "*" resources, only counter updates on the limits table, the bucket only for attachments', () => {
   for (const fn of Object.keys(EXPECTED)) {
     for (const p of permissionsOf(s, fn)) {
       const [action, resource] = p.split(' on ');
@@ -103,11 +109,25 @@ test('no wildcard actions, no "*" resources, only counter updates on the limits 
       assert.notEqual(resource, '*', `${fn}: ${p}`);
       if (resource.startsWith('table:limits')) {
         assert.equal(action, 'dynamodb:UpdateItem', `${fn}: ${p}`);
-        assert.ok(['register', 'keys', 'send'].includes(fn), `${fn}: ${p}`);
+        assert.ok(['register', 'keys', 'send', 'attachments'].includes(fn), `${fn}: ${p}`);
       }
-      assert.ok(!resource.startsWith('bucket:'), `${fn}: ${p}`);
+      if (resource.startsWith('bucket:')) {
+        assert.equal(fn, 'attachments', `${fn}: ${p}`);
+        // Objects under attachments/ only: never the bucket ARN itself (no listing, no policy).
+        assert.equal(resource, 'bucket:attachments/attachments/*', `${fn}: ${p}`);
+        assert.ok(['s3:GetObject', 's3:PutObject'].includes(action), `${fn}: ${p}`);
+      }
     }
   }
+});
+
+test('attachments touches no table but devices (authenticate) and the upload counters, and no connection', () => {
+  const perms = permissionsOf(s, 'attachments');
+  assert.deepEqual(
+    perms.filter((p) => p.startsWith('dynamodb:')).sort(),
+    ['dynamodb:GetItem on table:devices', 'dynamodb:UpdateItem on table:limits'],
+  );
+  assert.ok(!perms.some((p) => p.startsWith('execute-api:')));
 });
 
 test('ManageConnections only where a function pushes or closes, on this stage only', () => {
@@ -124,6 +144,8 @@ test('a widened grant is seen: grantReadWriteData, an extra table, a wider manag
   assert.notDeepEqual(permissionsOf(extra, 'send'), pairs(EXPECTED.send));
   const wide = synth({}, (st) => st.webSocketApi.grantManageConnections(st.functions.send));
   assert.notDeepEqual(permissionsOf(wide, 'send'), pairs(EXPECTED.send));
+  const bucketWide = synth({}, (st) => st.buckets.attachments.grantRead(st.functions.attachments));
+  assert.notDeepEqual(permissionsOf(bucketWide, 'attachments'), pairs(EXPECTED.attachments));
 });
 
 test('groups: a widened grant is seen (write on devices, read-write on groups for send, the queue)', () => {

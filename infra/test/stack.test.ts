@@ -35,6 +35,8 @@ const HTTP_ROUTES: Record<string, string> = {
   'PUT /v1/groups/{group}/admins/{user}': 'groups',
   'DELETE /v1/groups/{group}/admins/{user}': 'groups',
   'POST /v1/groups/{group}/leave': 'groups',
+  'POST /v1/attachments': 'attachments',
+  'GET /v1/attachments/{id}': 'attachments',
 };
 
 // ---- functions ---------------------------------------------------------------------------------
@@ -139,6 +141,7 @@ test('the limits equal the backend defaults and DESIGN.md', () => {
   assert.equal(LIMITS.CIPHERPOST_MAX_PREKEYS_PER_UPLOAD, 100);
   assert.equal(LIMITS.CIPHERPOST_QUEUE_TTL_SECS, defs.buckets.attachments.expire_after_days * 86_400);
   assert.equal(LIMITS.CIPHERPOST_MAX_GROUP_MEMBERS, 1000);
+  assert.equal(LIMITS.CIPHERPOST_MAX_ATTACHMENT_BYTES, 100 * 1024 * 1024);
   // The rate limits equal RateLimits::default() in config.rs.
   const config = readFileSync(path.join(REPO_ROOT, 'shared', 'backend', 'src', 'config.rs'), 'utf8');
   const defaults = config.slice(config.indexOf('impl Default for RateLimits'));

@@ -25,6 +25,7 @@ const SENDS_PER_MINUTE: usize = 5;
 const BUNDLES_PER_HOUR: usize = 6;
 const BUNDLES_PER_TARGET_PER_HOUR: usize = 3;
 const LINKS_PER_HOUR: usize = 2;
+const UPLOADS_PER_HOUR: usize = 2;
 
 /// The gateway process, stopped when the test ends.
 struct Gateway(Child);
@@ -63,13 +64,26 @@ fn limited_gateway() -> Gateway {
         let mut child = Command::new(&bin)
             .env("CIPHERPOST_LISTEN", &addr)
             .env("CIPHERPOST_WS_ENDPOINT", format!("http://{addr}"))
-            .env("CIPHERPOST_LIMIT_SENDS_PER_MINUTE", SENDS_PER_MINUTE.to_string())
-            .env("CIPHERPOST_LIMIT_BUNDLES_PER_HOUR", BUNDLES_PER_HOUR.to_string())
+            .env(
+                "CIPHERPOST_LIMIT_SENDS_PER_MINUTE",
+                SENDS_PER_MINUTE.to_string(),
+            )
+            .env(
+                "CIPHERPOST_LIMIT_BUNDLES_PER_HOUR",
+                BUNDLES_PER_HOUR.to_string(),
+            )
             .env(
                 "CIPHERPOST_LIMIT_BUNDLES_PER_TARGET_PER_HOUR",
                 BUNDLES_PER_TARGET_PER_HOUR.to_string(),
             )
-            .env("CIPHERPOST_LIMIT_LINKS_PER_HOUR", LINKS_PER_HOUR.to_string())
+            .env(
+                "CIPHERPOST_LIMIT_LINKS_PER_HOUR",
+                LINKS_PER_HOUR.to_string(),
+            )
+            .env(
+                "CIPHERPOST_LIMIT_UPLOADS_PER_HOUR",
+                UPLOADS_PER_HOUR.to_string(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -79,7 +93,10 @@ fn limited_gateway() -> Gateway {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("the limited gateway exited: {status}");
             }
-            assert!(Instant::now() < deadline, "the limited gateway did not start");
+            assert!(
+                Instant::now() < deadline,
+                "the limited gateway did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         // This process talks to the limited gateway from here on.
@@ -122,7 +139,10 @@ async fn bundle_fetches_are_limited_per_target_and_per_device() {
     // The next fetch of y would take another of y's prekeys: refused, and none is taken.
     let a = x.request("GET", &path(&y), None).await;
     assert_limited(&a, "of this account");
-    assert_eq!(prekey_count(&y).await, 10 - BUNDLES_PER_TARGET_PER_HOUR as u64);
+    assert_eq!(
+        prekey_count(&y).await,
+        10 - BUNDLES_PER_TARGET_PER_HOUR as u64
+    );
     // Another account is still fetched...
     let mut fetched = BUNDLES_PER_TARGET_PER_HOUR + 1;
     while fetched < BUNDLES_PER_HOUR {
@@ -197,4 +217,23 @@ async fn links_are_limited_per_account() {
         1 + LINKS_PER_HOUR,
         "the refused link registered nothing"
     );
+}
+
+#[tokio::test]
+async fn attachment_uploads_are_limited_per_account() {
+    let _gateway = limited_gateway();
+    let first = Device::registered("limu", 0).await;
+    let (second, a) = first.link_new_device(0).await;
+    assert_eq!(a.status, 201, "{:?}", a.json);
+    let declare = json!({"size": 1_000});
+    for d in [&first, &second].into_iter().cycle().take(UPLOADS_PER_HOUR) {
+        let a = d.request("POST", "/v1/attachments", Some(&declare)).await;
+        assert_eq!(a.status, 201, "{:?}", a.json);
+    }
+    // The account's other device shares the account's limit; no URL is made.
+    let a = second
+        .request("POST", "/v1/attachments", Some(&declare))
+        .await;
+    assert_limited(&a, "attachments uploaded by this account");
+    assert!(a.json.get("upload_url").is_none());
 }

@@ -162,6 +162,12 @@ mod functions {
                 "/v1/groups/{group}/leave",
                 cipherpost_fn_groups::handler
             ),
+            route!(POST, "/v1/attachments", cipherpost_fn_attachments::handler),
+            route!(
+                GET,
+                "/v1/attachments/{id}",
+                cipherpost_fn_attachments::handler
+            ),
         ]);
         config.connect = ws_handler(move |event| cipherpost_fn_ws_connect::handler(backend, event));
         config.disconnect =

@@ -490,3 +490,40 @@ mod tests {
         assert!(serde_json::from_str::<AddMembersRequest>(r#"{"users":[],"x":1}"#).is_err());
     }
 }
+
+/// `POST /v1/attachments`: ask for an upload URL for an encrypted attachment object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAttachmentRequest {
+    /// The encrypted object's length in bytes (`7 + size + 16 * segments`, PROTOCOL.md).
+    pub size: u64,
+}
+
+/// Answer to `POST /v1/attachments`: where to `PUT` the object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachmentUpload {
+    /// The object id (16 random bytes, unpadded base64url), to put in the pointer.
+    pub id: String,
+    /// A presigned S3 URL for one `PUT` of exactly `size` bytes.
+    pub upload_url: String,
+    /// Seconds the URL stays valid.
+    pub expires_in: u64,
+    /// The HTTP method to use (`PUT`).
+    pub method: String,
+    /// Headers the upload must send exactly (the signature covers them).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// Answer to `GET /v1/attachments/{id}`: where to `GET` the object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachmentDownload {
+    /// The object id.
+    pub id: String,
+    /// A presigned S3 URL for `GET`.
+    pub download_url: String,
+    /// Seconds the URL stays valid.
+    pub expires_in: u64,
+    /// The stored object's length in bytes.
+    pub size: u64,
+}

@@ -53,6 +53,11 @@ pub struct Limits {
     pub max_ack_ids: usize,
     /// Most envelopes per message.
     pub max_envelopes: usize,
+    /// Largest attachment, in plaintext bytes (100 MiB); the server accepts an object of up to
+    /// `attachment_object_len` of it. Env `CIPHERPOST_MAX_ATTACHMENT_BYTES`.
+    pub max_attachment_bytes: u64,
+    /// How long presigned attachment URLs stay valid, in seconds (15 minutes).
+    pub attachment_url_secs: u64,
     /// Most members per group. Env `CIPHERPOST_MAX_GROUP_MEMBERS`.
     pub max_group_members: usize,
     /// Rate limits, counted in the `limits` table so that they hold across function instances.
@@ -105,6 +110,8 @@ impl Default for Limits {
             max_sync_page: 500,
             max_ack_ids: 100,
             max_envelopes: 40,
+            max_attachment_bytes: 100 * 1024 * 1024,
+            attachment_url_secs: 900,
             max_group_members: 1000,
             rate: RateLimits::default(),
         }
@@ -180,6 +187,10 @@ impl Config {
                     d.max_prekeys_per_upload,
                 )?,
                 queue_ttl_secs: number("CIPHERPOST_QUEUE_TTL_SECS", d.queue_ttl_secs)?,
+                max_attachment_bytes: number(
+                    "CIPHERPOST_MAX_ATTACHMENT_BYTES",
+                    d.max_attachment_bytes,
+                )?,
                 max_group_members: number("CIPHERPOST_MAX_GROUP_MEMBERS", d.max_group_members)?,
                 rate: RateLimits {
                     sends_per_minute: number(
@@ -194,7 +205,10 @@ impl Config {
                         "CIPHERPOST_LIMIT_BUNDLES_PER_TARGET_PER_HOUR",
                         d.rate.bundles_per_target_per_hour,
                     )?,
-                    links_per_hour: number("CIPHERPOST_LIMIT_LINKS_PER_HOUR", d.rate.links_per_hour)?,
+                    links_per_hour: number(
+                        "CIPHERPOST_LIMIT_LINKS_PER_HOUR",
+                        d.rate.links_per_hour,
+                    )?,
                     uploads_per_hour: number(
                         "CIPHERPOST_LIMIT_UPLOADS_PER_HOUR",
                         d.rate.uploads_per_hour,

@@ -1,8 +1,9 @@
 //! What each route does. One module per function: accounts (register), keys, messages (send,
-//! sync), groups (groups, and the group half of send) and connections (ws-connect,
+//! sync), groups (groups, and the group half of send), attachments and connections (ws-connect,
 //! ws-disconnect).
 
 mod accounts;
+mod attachments;
 mod connections;
 mod groups;
 mod keys;
