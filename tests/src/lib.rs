@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
 
 pub mod openapi;
+pub mod state;
 
 /// The HTTP API base URL.
 pub fn api() -> String {
