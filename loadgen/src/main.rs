@@ -696,8 +696,8 @@ async fn run(args: Args) -> Result<bool, Err> {
     }
     // Also count the stored copies: a duplicate row would show here even without an event.
     let mut stored: HashMap<(u64, usize), usize> = HashMap::new();
-    for j in 0..n {
-        let c = shared.devices[j].sender.lock().await;
+    for (j, dev) in shared.devices.iter().enumerate() {
+        let c = dev.sender.lock().await;
         for msg in c.store().all_messages()? {
             if let Some((seq, _)) = parse_text(&msg.text) {
                 if msg.outgoing && msg.sender_device == c.whoami().map_or(0, |w| w.1) {
