@@ -294,10 +294,18 @@ async fn prekey_upload_limits_and_count() {
 #[tokio::test]
 async fn bundle_hands_out_each_one_time_prekey_once_under_concurrency() {
     let target = Device::registered("drain", 20).await;
-    let fetcher = Device::registered("fetch", 0).await;
+    // Three fetching devices, since one device may fetch an account's bundle only 20 times an
+    // hour (the limit against draining); 50 concurrent fetches in all.
+    let fetchers = [
+        Device::registered("fetch", 0).await,
+        Device::registered("fetch", 0).await,
+        Device::registered("fetch", 0).await,
+    ];
     let path = format!("/v1/keys/{}", target.user);
-    let answers =
-        futures::future::join_all((0..50).map(|_| fetcher.request("GET", &path, None))).await;
+    let answers = futures::future::join_all(
+        (0..50).map(|i| fetchers[i % fetchers.len()].request("GET", &path, None)),
+    )
+    .await;
     let mut ids = Vec::new();
     let mut without = 0;
     for a in &answers {
