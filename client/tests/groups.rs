@@ -1,7 +1,11 @@
 //! Group chats end to end against the local cloud: separate client profiles, the real group
 //! routes and fan-out, sender keys over the pairwise sessions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
-#![allow(clippy::cloned_ref_to_slice_refs, clippy::unnecessary_to_owned, clippy::double_ended_iterator_last)]
+#![allow(
+    clippy::cloned_ref_to_slice_refs,
+    clippy::unnecessary_to_owned,
+    clippy::double_ended_iterator_last
+)]
 
 mod support;
 
