@@ -110,6 +110,10 @@ async fn killed_mid_outbox_resumes_without_loss_or_duplicate() {
     for i in 0..20 {
         a1.c.queue_text(&bob, &format!("m{i}")).unwrap();
     }
+    // bob's keys are fetched before the cuts begin: every fetch cut short would still count
+    // against the server's limit of 20 bundle fetches of one account per device and hour, and
+    // this test is about sends cut short.
+    a1.c.refresh_devices(&bob).await.unwrap();
     // Cut each flush short at an arbitrary point (like a kill), then restart the process.
     let mut rounds = 0;
     while a1.c.store().outbox_len().unwrap() > 0 {
