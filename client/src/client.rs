@@ -1429,6 +1429,21 @@ impl Client {
         Ok(sent)
     }
 
+    /// The server accepted outbox entry `seq` (1:1 or group): it leaves the outbox and its
+    /// message becomes `sent`, in one transaction.
+    fn outbox_sent(&self, seq: i64, message_id: &str, answer: &[u8]) -> Result<(), ClientError> {
+        let resp: SendResponse = serde_json::from_slice(answer)
+            .map_err(|e| ClientError::Internal(format!("send answer: {e}")))?;
+        let tx = self.store.write_tx()?;
+        tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
+        tx.execute(
+            "UPDATE messages SET state = 'sent', server_ts = ?2 WHERE message_id = ?1 AND outgoing = 1 AND state = 'pending'",
+            params![message_id, resp.server_ts as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     async fn deliver(&mut self, seq: i64, to: &str) -> Result<(), ClientError> {
         let me_user = self.me()?.user.to_string();
         let c = contact(&self.store.conn, to)?;
@@ -1494,16 +1509,7 @@ impl Client {
                 .call(None, "PUT", "/v1/messages", Some(Self::json(&req)?))
                 .await?;
             if (200..300).contains(&status) {
-                let resp: SendResponse = serde_json::from_slice(&bytes)
-                    .map_err(|e| ClientError::Internal(format!("send answer: {e}")))?;
-                let tx = self.store.write_tx()?;
-                tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
-                tx.execute(
-                    "UPDATE messages SET state = 'sent', server_ts = ?2 WHERE message_id = ?1 AND outgoing = 1 AND state = 'pending'",
-                    params![message_id, resp.server_ts as i64],
-                )?;
-                tx.commit()?;
-                return Ok(());
+                return self.outbox_sent(seq, &message_id, &bytes);
             }
             let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
             if status == 409 && err.error == "device_mismatch" {

@@ -22,7 +22,7 @@ use super::{arr, b64, dev, queue_content, unb64, Client, Event, Me, MAX_MISMATCH
 use crate::{
     api::{
         devices_digest, AddMembersRequest, CreateGroupRequest, DeviceRef, Envelope, ErrorBody,
-        Group, GroupMember, GroupSend, LeaveGroupRequest, SendRequest, SendResponse, B64,
+        Group, GroupMember, GroupSend, LeaveGroupRequest, SendRequest, B64,
     },
     content::Content,
     error::ClientError,
@@ -739,16 +739,7 @@ impl Client {
                 .call(None, "PUT", "/v1/messages", Some(Self::json(&req)?))
                 .await?;
             if (200..300).contains(&status) {
-                let resp: SendResponse = serde_json::from_slice(&bytes)
-                    .map_err(|e| ClientError::Internal(format!("send answer: {e}")))?;
-                let tx = self.store.write_tx()?;
-                tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])?;
-                tx.execute(
-                    "UPDATE messages SET state = 'sent', server_ts = ?2 WHERE message_id = ?1 AND outgoing = 1 AND state = 'pending'",
-                    params![message_id, resp.server_ts as i64],
-                )?;
-                tx.commit()?;
-                return Ok(());
+                return self.outbox_sent(seq, &message_id, &bytes);
             }
             let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
             if status == 409 && err.error == "group_changed" {
