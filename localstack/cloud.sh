@@ -91,7 +91,10 @@ cmd_start() {
     say "starting moto_server on 127.0.0.1:$PORT (log: $LOGFILE)"
     # setsid: its own session, so a Ctrl-C meant for a foreground command does not reach it;
     # `stop` ends it by the pid written here.
-    setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$PORT" >"$LOGFILE" 2>&1 </dev/null &
+    # moto_server_serialized.py is moto_server with one lock around DynamoDB requests (moto's
+    # TransactWriteItems is not thread-safe; see that file).
+    setsid "$VENV/bin/python" "$HERE/moto_server_serialized.py" -H 127.0.0.1 -p "$PORT" \
+      >"$LOGFILE" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$PIDFILE"
     local deadline=$((SECONDS + START_SECS))

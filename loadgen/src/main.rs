@@ -10,6 +10,7 @@
 
 mod plot;
 mod proxy;
+mod queue;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -90,6 +91,23 @@ struct Args {
     /// Write the CDF of send-to-delivery latency here (SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Inject faults into the DynamoDB requests through the counting proxy (needs
+    /// `--count-dynamodb-proxy-port`) from the measured phase to the end of the catch-up:
+    /// `kind=k[,kind=k...]`, each hitting every k-th DynamoDB request; kinds `throttle` (400
+    /// ThrottlingException), `error500`, `reset` (connection closed before forwarding), `drop`
+    /// (forwarded and applied, the answer dropped), `delay` (`delay=k:MS`).
+    #[arg(long, value_parser = proxy::Faults::parse)]
+    faults: Option<proxy::Faults>,
+    /// Keep retrying a send that did not go through (its message stays in the outbox), and a
+    /// catch-up sync that failed, for up to this many seconds; 0 reports them as failures at
+    /// once. Use with `--faults` or when the gateway is restarted during the run.
+    #[arg(long, default_value_t = 0)]
+    retry_for: u64,
+    /// After the catch-up, scan this queue table (DynamoDB from the environment:
+    /// `AWS_ENDPOINT_URL`) before the offline devices sync, checking that every accepted message
+    /// has exactly one queue item per addressed offline device, and after it, that none is left.
+    #[arg(long)]
+    queue_table: Option<String>,
 }
 
 type Err = Box<dyn std::error::Error + Send + Sync>;
@@ -127,6 +145,10 @@ struct SendRec {
     queued_ms: u64,
     accepted_ms: Option<u64>,
     error: Option<String>,
+    /// The message id (hex), once queued.
+    id: Option<String>,
+    /// Flushes again after the first (with `--retry-for`).
+    retries: u32,
     bytes_stored: Option<usize>,
     request_bytes: Option<usize>,
 }
@@ -157,6 +179,7 @@ struct Shared {
     send_failed: AtomicU64,
     send_proxy: Option<SendProxy>,
     pad: String,
+    retry_for: u64,
 }
 
 fn parse_text(text: &str) -> Option<(u64, u64)> {
@@ -183,6 +206,46 @@ fn record(shared: &Shared, device: usize, ev: &Event, via: Via) {
             }
         }
     }
+}
+
+/// Syncs the devices in `order` (at most `parallel` at a time), recording what they show as
+/// catch-up deliveries; a failed sync is tried again for up to `retry_for` seconds. The errors
+/// of the syncs that never went through.
+async fn sync_all(
+    shared: &Arc<Shared>,
+    order: Vec<usize>,
+    parallel: usize,
+    retry_for: u64,
+) -> Vec<String> {
+    let synced: Vec<Result<(), String>> = stream::iter(order)
+        .map(|j| {
+            let sh = shared.clone();
+            async move {
+                let end = Instant::now() + Duration::from_secs(retry_for);
+                loop {
+                    let mut c = sh.devices[j].sender.lock().await;
+                    match c.sync().await {
+                        Ok(events) => {
+                            for ev in events {
+                                record(&sh, j, &ev, Via::CatchUp);
+                            }
+                            return Ok(());
+                        }
+                        Err(e) if Instant::now() >= end => {
+                            return Err(format!("device {j}: sync: {e}"))
+                        }
+                        Err(_) => {
+                            drop(c);
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                    }
+                }
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    synced.into_iter().filter_map(|r| r.err()).collect()
 }
 
 fn pick(n: usize) -> usize {
@@ -346,7 +409,14 @@ async fn run(args: Args) -> Result<bool, Err> {
     let k = args.online.min(n);
     let started_all = Instant::now();
     let dynamo = match args.count_dynamodb_proxy_port {
-        Some(port) => Some(DynamoProxy::start(port, &args.dynamodb_upstream).await?),
+        Some(port) => Some(
+            DynamoProxy::start(
+                port,
+                &args.dynamodb_upstream,
+                args.faults.clone().unwrap_or_default(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let send_proxy = SendProxy::start(&host_port(&args.endpoint)).await?;
@@ -495,6 +565,7 @@ async fn run(args: Args) -> Result<bool, Err> {
         send_failed: AtomicU64::new(0),
         send_proxy: Some(send_proxy.clone()),
         pad: "x".repeat(args.pad),
+        retry_for: args.retry_for,
     });
 
     // ----- online devices: a second client on each profile runs `watch` -----
@@ -527,6 +598,10 @@ async fn run(args: Args) -> Result<bool, Err> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    if let Some(d) = &dynamo {
+        d.arm(args.faults.is_some());
+    }
+    eprintln!("measured phase: {total} messages over {} s", args.duration);
     let phase = Instant::now();
     let phase_ms = now_ms();
     let mut tasks = Vec::new();
@@ -579,21 +654,39 @@ async fn run(args: Args) -> Result<bool, Err> {
                 queued_ms,
                 accepted_ms: None,
                 error: None,
+                id: queued.as_ref().ok().cloned(),
+                retries: 0,
                 bytes_stored: None,
                 request_bytes: None,
             };
             match queued {
                 Err(e) => rec.error = Some(format!("queue: {e}")),
                 Ok(id) => {
-                    let flushed = c.flush_outbox().await;
-                    let done = now_ms();
-                    let status = c.store().outgoing_status(&id);
-                    match (flushed, status) {
-                        (Err(e), _) => rec.error = Some(format!("flush: {e}")),
-                        (_, Ok((false, Some(s)))) if s != "pending" && s != "failed" => {
-                            rec.accepted_ms = Some(done)
+                    // With --retry-for, a send that did not go through stays in the outbox and
+                    // is flushed again (the lock is let go between tries, so the device's other
+                    // sends go on, and one of their flushes may carry it).
+                    let retry_end = Instant::now() + Duration::from_secs(sh.retry_for);
+                    loop {
+                        let flushed = c.flush_outbox().await;
+                        let done = now_ms();
+                        let status = c.store().outgoing_status(&id);
+                        rec.error = match (flushed, status) {
+                            (_, Ok((false, Some(s)))) if s != "pending" && s != "failed" => {
+                                rec.accepted_ms = Some(done);
+                                None
+                            }
+                            (Err(e), _) => Some(format!("flush: {e}")),
+                            (_, s) => Some(format!("not sent: {s:?}")),
+                        };
+                        let queued_still = matches!(c.store().outgoing_status(&id), Ok((true, _)));
+                        if rec.accepted_ms.is_some() || !queued_still || Instant::now() >= retry_end
+                        {
+                            break;
                         }
-                        (_, s) => rec.error = Some(format!("not sent: {s:?}")),
+                        rec.retries += 1;
+                        drop(c);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        c = sh.devices[sender].sender.lock().await;
                     }
                     if let Some(size) = sh.send_proxy.as_ref().and_then(|p| p.size(&id)) {
                         let n = rec.expected.len();
@@ -654,30 +747,93 @@ async fn run(args: Args) -> Result<bool, Err> {
         let _ = w.await;
     }
 
+    // ----- the queue, before the offline devices sync: every accepted message has exactly one
+    // item per addressed offline device -----
+    let device_keys: Vec<String> = {
+        let mut v = Vec::with_capacity(n);
+        for dev in &shared.devices {
+            let c = dev.sender.lock().await;
+            let (user, device) = c
+                .whoami()
+                .ok_or_else(|| err("a device lost its identity"))?;
+            v.push(format!("{user}#{device}"));
+        }
+        v
+    };
+    let prefix = format!("lg{run_id}-");
+    let sends_now = shared
+        .sends
+        .lock()
+        .map(|s| s.clone())
+        .map_err(|_| err("lock"))?;
+    let run_ids: BTreeSet<String> = sends_now.iter().filter_map(|s| s.id.clone()).collect();
+    let mut queue_problems: Vec<serde_json::Value> = Vec::new();
+    if let Some(table) = &args.queue_table {
+        let items = queue::scan(table, &prefix, &run_ids).await?;
+        let mut want: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for s in sends_now.iter().filter(|s| s.accepted_ms.is_some()) {
+            let Some(id) = &s.id else { continue };
+            for &d in s.expected.iter().filter(|&&d| d >= k) {
+                want.insert((device_keys[d].clone(), id.clone()), 0);
+            }
+        }
+        let offline_keys: BTreeSet<&String> = device_keys[k..].iter().collect();
+        for key in items.iter().filter(|(dk, _)| offline_keys.contains(dk)) {
+            match want.get_mut(key) {
+                Some(c) => *c += 1,
+                None => queue_problems.push(
+                    json!({"stage": "before catch-up", "unexpected_item": format!("{} {}", key.0, key.1)}),
+                ),
+            }
+        }
+        for ((dk, id), c) in &want {
+            if *c != 1 {
+                queue_problems.push(
+                    json!({"stage": "before catch-up", "device": dk, "message": id, "items": c}),
+                );
+            }
+        }
+        eprintln!(
+            "queue before catch-up: {} items for {} expected offline deliveries, {} problems",
+            items.len(),
+            want.len(),
+            queue_problems.len()
+        );
+    }
+
     // ----- catch-up: offline devices come online and sync; online ones sync what they
     // missed (counted apart) -----
     let catchup = Instant::now();
     let order: Vec<usize> = (k..n).chain(0..k).collect();
-    let synced: Vec<Result<(), Err>> = stream::iter(order)
-        .map(|j| {
-            let sh = shared.clone();
-            async move {
-                let mut c = sh.devices[j].sender.lock().await;
-                for ev in c.sync().await? {
-                    record(&sh, j, &ev, Via::CatchUp);
-                }
-                Ok(())
-            }
-        })
-        .buffer_unordered(args.setup_parallel.max(1))
-        .collect()
-        .await;
+    let catchup_errors = sync_all(&shared, order, args.setup_parallel, args.retry_for).await;
     let catchup_secs = catchup.elapsed().as_secs_f64();
-    let catchup_errors: Vec<String> = synced
-        .into_iter()
-        .filter_map(|r| r.err().map(|e| e.to_string()))
-        .collect();
     let ops_final = dynamo.as_ref().map(|d| d.snapshot());
+    let faults_injected = dynamo.as_ref().map(|d| d.injected()).unwrap_or_default();
+    if let Some(d) = &dynamo {
+        d.arm(false);
+    }
+    // With faults, one more sync of every device without them (an ack lost to a fault is
+    // made good here; anything it shows is counted, so a duplicate would show); then nothing of
+    // this run may be left in any queue.
+    let mut final_sync_errors = Vec::new();
+    if args.faults.is_some() || args.queue_table.is_some() {
+        final_sync_errors = sync_all(&shared, (0..n).collect(), args.setup_parallel, 0).await;
+    }
+    if let Some(table) = &args.queue_table {
+        let left = queue::scan(table, &prefix, &run_ids).await?;
+        for (dk, id) in left.iter().take(50) {
+            queue_problems
+                .push(json!({"stage": "after catch-up", "left_item": format!("{dk} {id}")}));
+        }
+        eprintln!(
+            "queue after catch-up: {} items of this run left",
+            left.len()
+        );
+    }
+    let catchup_errors: Vec<String> = catchup_errors
+        .into_iter()
+        .chain(final_sync_errors)
+        .collect();
 
     // ----- checks -----
     let sends = shared
@@ -806,7 +962,12 @@ async fn run(args: Args) -> Result<bool, Err> {
         _ => json!(null),
     };
     let gw = gateway_times(&args.gateway_log, log_before, log_after);
-    let ok = lost.is_empty() && dups.is_empty() && failed.is_empty() && catchup_errors.is_empty();
+    let ok = lost.is_empty()
+        && dups.is_empty()
+        && failed.is_empty()
+        && catchup_errors.is_empty()
+        && queue_problems.is_empty();
+    let retried = accepted.iter().filter(|s| s.retries > 0).count();
     let result = json!({
         "config": {
             "endpoint": args.endpoint, "accounts": m, "devices": n, "online": k,
@@ -837,8 +998,12 @@ async fn run(args: Args) -> Result<bool, Err> {
         "bytes_group": bytes(true),
         "dynamodb": dynamo_json,
         "gateway_ms": gw,
+        "faults": {"injected": faults_injected, "sends_retried": retried,
+                   "send_retries": accepted.iter().map(|s| s.retries as u64).sum::<u64>()},
         "check": {"ok": ok, "lost": lost.len(), "duplicates": dups.len(), "send_failures": failed.len(),
                   "catch_up_errors": catchup_errors,
+                  "queue_checked": args.queue_table.is_some(),
+                  "queue_problems": queue_problems,
                   "lost_list": lost.iter().take(50).collect::<Vec<_>>(),
                   "duplicate_list": dups.iter().take(50).collect::<Vec<_>>(),
                   "failure_list": failed.iter().take(50).collect::<Vec<_>>()},
@@ -860,14 +1025,18 @@ async fn run(args: Args) -> Result<bool, Err> {
     }
     if !ok {
         eprintln!(
-            "FAILED: {} lost, {} duplicated, {} sends failed, {} catch-up errors",
+            "FAILED: {} lost, {} duplicated, {} sends failed, {} catch-up errors, {} queue problems",
             lost.len(),
             dups.len(),
             failed.len(),
             result["check"]["catch_up_errors"]
                 .as_array()
-                .map_or(0, |a| a.len())
+                .map_or(0, |a| a.len()),
+            queue_problems.len()
         );
+        for q in queue_problems.iter().take(20) {
+            eprintln!("  queue: {q}");
+        }
         for l in lost.iter().take(20) {
             eprintln!("  lost: {l}");
         }
@@ -973,6 +1142,24 @@ fn print_table(r: &serde_json::Value) {
                 f(&v["max"])
             );
         }
+    }
+    if let Some(inj) = r["faults"]["injected"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+    {
+        let list: Vec<String> = inj.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!(
+            "| faults injected into DynamoDB requests | {} (sends flushed again: {} of them, {} retries) |",
+            list.join(", "),
+            r["faults"]["sends_retried"],
+            r["faults"]["send_retries"]
+        );
+    }
+    if r["check"]["queue_checked"] == true {
+        println!(
+            "| queue check (one item per message and offline device before its sync, none after) | {} problems |",
+            r["check"]["queue_problems"].as_array().map_or(0, |a| a.len())
+        );
     }
     let ch = &r["check"];
     println!(

@@ -181,7 +181,7 @@ impl DeviceRecord {
 pub struct QueueItem {
     /// The destination device's `user#device`.
     pub device_key: String,
-    /// The sort key: `server_ts (13 digits) # message_id hex # sender device key`.
+    /// The sort key: `server_ts (13 digits):message_id hex:sender user:sender device`.
     pub sort: String,
     /// The sender's message id.
     pub message_id: Vec<u8>,
