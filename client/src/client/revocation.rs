@@ -46,7 +46,8 @@ pub struct DeviceRevocation {
     pub device_id: u32,
     /// The devices that remain (this one included), certified under the new account key.
     pub remaining_devices: Vec<u32>,
-    /// The account's new safety-number fingerprint (30 digits): contacts see a change.
+    /// The account's new fingerprint (30 digits in groups of 5, half of every safety number
+    /// with it): contacts see a change.
     pub fingerprint: String,
 }
 
@@ -300,7 +301,12 @@ impl Client {
             user,
             device_id: device,
             remaining_devices: remaining,
-            fingerprint: cipherpost_protocol::fingerprint_digits(&uid, &new.public_key()),
+            fingerprint: cipherpost_protocol::fingerprint_digits(&uid, &new.public_key())
+                .as_bytes()
+                .chunks(5)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
         })
     }
 
