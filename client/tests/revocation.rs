@@ -251,8 +251,13 @@ async fn a_revoked_device_the_server_keeps_listing_is_never_encrypted_to() {
         "{n:?}"
     );
     // Sends that the server will only take with an envelope for the revoked device do not go.
-    bob.c.queue_text(&alice, "secret").unwrap();
+    let id = bob.c.queue_text(&alice, "secret").unwrap();
     let _ = bob.c.flush_outbox().await;
+    let (queued, _) = bob.c.store().outgoing_status(&id).unwrap();
+    assert!(
+        queued,
+        "kept in the outbox, not sealed for the revoked device"
+    );
     bob.c.queue_group_text(&gid, "group secret").unwrap();
     let _ = bob.c.flush_outbox().await;
 
