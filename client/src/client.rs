@@ -29,8 +29,10 @@ use crate::{
 };
 
 mod groups;
+mod revocation;
 
 pub use groups::GroupInfo;
+pub use revocation::DeviceRevocation;
 
 /// An outbox row: message id, body, body key, stored envelopes.
 type OutboxRow = (String, Vec<u8>, Vec<u8>, Option<String>);
@@ -1172,9 +1174,13 @@ impl Client {
                 });
             }
         };
-        if chain.rotated() {
-            store::notice(&tx, &format!("the safety number with {user} changed (a device was removed and the account key rotated)"))?;
-        }
+        revocation::chain_notices(
+            &tx,
+            me,
+            revocation::my_account_key(&tx)?.as_ref(),
+            user,
+            &chain,
+        )?;
         if c.as_ref().is_some_and(|c| c.blocked) {
             store::notice(
                 &tx,
@@ -1256,14 +1262,8 @@ impl Client {
             rows.into_iter().filter(|d| !listed.contains(d)).collect()
         };
         for d in stale {
-            tx.execute(
-                "DELETE FROM devices WHERE user = ?1 AND device_id = ?2",
-                params![user, d],
-            )?;
-            tx.execute(
-                "DELETE FROM sessions WHERE user = ?1 AND device_id = ?2",
-                params![user, d],
-            )?;
+            // Its sessions, sender keys and group keys sent to it go; groups rekey.
+            revocation::device_gone(&tx, user, d)?;
         }
         tx.commit()?;
         Ok(())
@@ -1907,6 +1907,20 @@ impl Client {
                         });
                     }
                 }
+                Content::AccountRotated {
+                    account_key,
+                    rotation,
+                    revocation: revoked,
+                    certificates,
+                } if from_self && !ephemeral => revocation::accept_rotation(
+                    &tx,
+                    me,
+                    env.sender.device_id,
+                    &account_key,
+                    &rotation,
+                    &revoked,
+                    &certificates,
+                )?,
                 other => {
                     tracing::debug!(kind = other.kind(), "content ignored in this context");
                 }
@@ -2221,6 +2235,16 @@ impl Client {
             let mut ws = match connected {
                 Ok(Ok((ws, _))) => ws,
                 Ok(Err(e)) => {
+                    // A refused upgrade: when this device's requests are refused too (it was
+                    // revoked), reconnecting cannot help.
+                    if matches!(&e, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 401)
+                    {
+                        if let Err(e @ ClientError::Server { status: 401, .. }) =
+                            self.server_prekey_count().await
+                        {
+                            return Err(e);
+                        }
+                    }
                     tracing::warn!(error = %e, retry_in = ?backoff, "WebSocket connect failed");
                     tokio::time::sleep_until(end.min(tokio::time::Instant::now() + backoff)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -102,6 +102,19 @@ pub enum Content {
         #[serde(default)]
         link_secret: String,
     },
+    /// To one's own remaining devices, from the device that revoked one of them: the new
+    /// account key with the rotation and revocation it signed (under the old key, which the
+    /// receiver holds and checks them with) and every remaining device's new certificate.
+    AccountRotated {
+        /// The new account key seed (b64). Secret.
+        account_key: String,
+        /// `rotate_msg || signature` (b64), signed by the old account key.
+        rotation: String,
+        /// `revoke_msg || signature` (b64), signed by the old account key.
+        revocation: String,
+        /// The remaining devices' certificates under the new key (b64 each).
+        certificates: Vec<String>,
+    },
 }
 
 impl Content {
@@ -116,6 +129,7 @@ impl Content {
             Self::GroupText { .. } => "group_text",
             Self::GroupUpdate { .. } => "group_update",
             Self::DeviceLink { .. } => "device_link",
+            Self::AccountRotated { .. } => "account_rotated",
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod store;
 
 pub use crate::{
     attachments::{AttachmentInfo, AttachmentPointer},
-    client::{Client, Event, GroupInfo, PrekeyMaintenance, Verification},
+    client::{Client, DeviceRevocation, Event, GroupInfo, PrekeyMaintenance, Verification},
     error::ClientError,
     store::{Store, StoredMessage},
 };

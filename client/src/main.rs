@@ -49,8 +49,11 @@ enum Command {
         #[command(subcommand)]
         action: LinkAction,
     },
-    /// List this account's devices.
-    Devices,
+    /// List this account's devices, or revoke one (`devices revoke ID`).
+    Devices {
+        #[command(subcommand)]
+        action: Option<DevicesAction>,
+    },
     /// Send a text (stored first, delivered by the outbox): `send TO TEXT`, or
     /// `send --group GROUP TEXT`.
     Send {
@@ -191,6 +194,18 @@ enum GroupAction {
         group: String,
         /// The new name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesAction {
+    /// List this account's devices (the default).
+    List,
+    /// Revoke a lost or stolen device (from any other device of the account): the account key
+    /// is rotated and handed to the remaining devices; contacts see a new safety number.
+    Revoke {
+        /// The device id (see `cipherpost devices`).
+        id: u32,
     },
 }
 
@@ -357,7 +372,28 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 println!("device {device} linked; it receives the account key and contacts on its next sync");
             }
         }
-        Command::Devices => {
+        Command::Devices {
+            action: Some(DevicesAction::Revoke { id }),
+        } => {
+            let r = c.revoke_device(id).await?;
+            if j {
+                println!("{}", json!(r));
+            } else {
+                println!("device {} of {} revoked: it can no longer sign in, and its queue and prekeys are gone", r.device_id, r.user);
+                println!(
+                    "the account key was rotated; remaining devices: {}",
+                    r.remaining_devices
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                println!("the other devices take the new key on their next sync; contacts see a new safety number (your fingerprint is now {})", r.fingerprint);
+            }
+        }
+        Command::Devices {
+            action: None | Some(DevicesAction::List),
+        } => {
             let devices = c.devices().await?;
             if j {
                 let v: Vec<_> = devices

@@ -504,6 +504,7 @@ impl Store {
         rotation: &[u8],
         revocation: &[u8],
         revoked: u32,
+        connection: Option<&str>,
         certificates: &[(u32, Vec<u8>)],
     ) -> Result<(), StoreError> {
         let account = Update::builder()
@@ -521,17 +522,26 @@ impl Store {
             .expression_attribute_values(":one", n(1))
             .build()
             .map_err(dynamo)?;
+        // The connection removed is the one the caller will close: a connection recorded since
+        // the caller read the device fails the condition (read again and retry).
         let device = Update::builder()
             .table_name(&self.tables.devices)
             .key("user", s(user))
             .key("device", n(revoked))
             .update_expression("SET #st = :revoked REMOVE connection_id")
-            .condition_expression("#st = :active")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":revoked", s("revoked"))
-            .expression_attribute_values(":active", s("active"))
-            .build()
-            .map_err(dynamo)?;
+            .expression_attribute_values(":active", s("active"));
+        let device = match connection {
+            Some(c) => device
+                .condition_expression("#st = :active AND connection_id = :conn")
+                .expression_attribute_values(":conn", s(c)),
+            None => {
+                device.condition_expression("#st = :active AND attribute_not_exists(connection_id)")
+            }
+        }
+        .build()
+        .map_err(dynamo)?;
         let mut items = vec![
             TransactWriteItem::builder().update(account).build(),
             TransactWriteItem::builder().update(device).build(),

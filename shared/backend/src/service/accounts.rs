@@ -242,10 +242,34 @@ impl Backend {
         let body: RevokeDeviceRequest = req.json()?;
         let (account, old_key) = self.account_with_key(&user).await?;
         let devices = self.store.list_devices(user.as_str()).await?;
-        let target = devices
+        let Some(target) = devices
             .iter()
             .find(|d| d.device_id == device_id.get() && d.active)
-            .ok_or_else(|| ApiError::not_found("unknown_device", "no such active device"))?;
+        else {
+            // A retry of a revocation that was registered (its answer lost, or its clean-up
+            // cut short): the same revocation and rotation are stored, so the clean-up runs
+            // again and the answer is the same.
+            let same = devices
+                .iter()
+                .any(|d| d.device_id == device_id.get() && !d.active)
+                && account.revocations.contains(&body.revocation.0)
+                && account.rotations.contains(&body.rotation.0);
+            if !same {
+                return Err(ApiError::not_found(
+                    "unknown_device",
+                    "no such active device",
+                ));
+            }
+            self.drop_revoked_device(&user, device_id.get(), None).await;
+            return Ok(HttpResponse::ok(
+                200,
+                &DeviceRevoked {
+                    user: user.to_string(),
+                    device_id: device_id.get(),
+                    account_key: B64(old_key.to_bytes().to_vec()),
+                },
+            ));
+        };
 
         let bad = |m: &str| ApiError::bad_request("invalid_revocation", m.to_owned());
         let revocation =
@@ -315,42 +339,54 @@ impl Backend {
             );
         }
         self.accept_once(&caller, now).await?;
-        match self
-            .store
-            .revoke_device(
-                user.as_str(),
-                &account.account_key,
-                &rotation.new_key.to_bytes(),
-                &body.rotation.0,
-                &body.revocation.0,
-                device_id.get(),
-                &certs,
+        let changed = || {
+            ApiError::conflict(
+                "account_changed",
+                "the account changed while revoking (another revocation or link); fetch it and retry",
             )
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::Conditional(_)) => {
-                return Err(ApiError::conflict(
-                    "account_changed",
-                    "the account changed while revoking (another revocation or link); fetch it and retry",
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        // The device is revoked from here on (its requests get 401); drop what it leaves.
-        if let Some(conn) = &target.connection_id {
-            self.pusher.close(conn).await;
-            let _ = self
+        };
+        // One transaction revokes the device (its requests get 401 from here on), rotates the
+        // key and stores the certificates; it also takes the device's connection record, which
+        // is retried when the device (re)connected since it was read.
+        let mut connection = target.connection_id.clone();
+        let mut tries = 0;
+        loop {
+            match self
                 .store
-                .drop_connection(user.as_str(), device_id.get(), conn)
-                .await;
-        }
-        let dk = device_key(user.as_str(), device_id.get());
-        for queue in [false, true] {
-            if let Err(e) = self.store.purge_partition(queue, &dk).await {
-                tracing::warn!(error = %e, device_key = %dk, "purging a revoked device's items failed; they are unreachable and expire");
+                .revoke_device(
+                    user.as_str(),
+                    &account.account_key,
+                    &rotation.new_key.to_bytes(),
+                    &body.rotation.0,
+                    &body.revocation.0,
+                    device_id.get(),
+                    connection.as_deref(),
+                    &certs,
+                )
+                .await
+            {
+                Ok(()) => break,
+                Err(StoreError::Conditional(reasons))
+                    if tries < 3
+                        && !reasons.first().copied().unwrap_or(true)
+                        && reasons.get(1).copied().unwrap_or(false) =>
+                {
+                    tries += 1;
+                    match self
+                        .store
+                        .get_device(user.as_str(), device_id.get())
+                        .await?
+                    {
+                        Some(d) if d.active => connection = d.connection_id,
+                        _ => return Err(changed()),
+                    }
+                }
+                Err(StoreError::Conditional(_)) => return Err(changed()),
+                Err(e) => return Err(e.into()),
             }
         }
+        self.drop_revoked_device(&user, device_id.get(), connection.as_deref())
+            .await;
         tracing::info!(user = %user, device = device_id.get(), "device revoked");
         Ok(HttpResponse::ok(
             200,
@@ -360,5 +396,28 @@ impl Backend {
                 account_key: B64(rotation.new_key.to_bytes().to_vec()),
             },
         ))
+    }
+
+    /// What a revoked device leaves: its socket is closed (with its connection record) and its
+    /// one-time prekeys and queue are deleted. Each step is idempotent, so a retried
+    /// revocation runs it again; items a failure leaves are unreachable (the device gets 401)
+    /// and the queue's expire.
+    async fn drop_revoked_device(&self, user: &UserId, device_id: u32, connection: Option<&str>) {
+        if let Some(conn) = connection {
+            self.pusher.close(conn).await;
+            if let Err(e) = self
+                .store
+                .drop_connection(user.as_str(), device_id, conn)
+                .await
+            {
+                tracing::warn!(error = %e, "dropping a revoked device's connection record failed");
+            }
+        }
+        let dk = device_key(user.as_str(), device_id);
+        for queue in [false, true] {
+            if let Err(e) = self.store.purge_partition(queue, &dk).await {
+                tracing::warn!(error = %e, device_key = %dk, "purging a revoked device's items failed; they are unreachable and expire");
+            }
+        }
     }
 }
