@@ -102,6 +102,17 @@ pub enum Content {
         #[serde(default)]
         link_secret: String,
     },
+    /// To one's own devices, from the device that approved a link: where the encrypted
+    /// history archive of the account is (an attachment object) and its key. Only the device
+    /// it names imports it; the others ignore it.
+    HistoryPointer {
+        /// The newly linked device that is to import the archive.
+        device_id: u32,
+        /// The archive object (content type `application/x-cipherpost-history`). Secret.
+        archive: AttachmentPointer,
+        /// How many messages the archive holds (shown while importing).
+        messages: u64,
+    },
 }
 
 impl Content {
@@ -116,6 +127,7 @@ impl Content {
             Self::GroupText { .. } => "group_text",
             Self::GroupUpdate { .. } => "group_update",
             Self::DeviceLink { .. } => "device_link",
+            Self::HistoryPointer { .. } => "history_pointer",
         }
     }
 }
