@@ -210,14 +210,14 @@ fn unb64<const N: usize>(s: &str, what: &str) -> Result<[u8; N], ClientError> {
 }
 
 /// Creates `dir` (0700) if needed.
-fn private_dir(dir: &Path) -> Result<(), ClientError> {
+pub(crate) fn private_dir(dir: &Path) -> Result<(), ClientError> {
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 
 /// A new file, 0600, failing if it exists.
-fn create_private(path: &Path) -> Result<File, ClientError> {
+pub(crate) fn create_private(path: &Path) -> Result<File, ClientError> {
     Ok(OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -226,7 +226,7 @@ fn create_private(path: &Path) -> Result<File, ClientError> {
 }
 
 /// Removes a file, ignoring "not found".
-fn remove_quietly(path: &Path) {
+pub(crate) fn remove_quietly(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "could not remove a temporary file");
@@ -332,47 +332,58 @@ pub(crate) fn store_incoming(
     pointers: &[AttachmentPointer],
 ) -> Result<(), ClientError> {
     for (i, p) in pointers.iter().enumerate().take(MAX_FILES_PER_MESSAGE) {
-        let key = unb64::<32>(&p.key, "key");
-        let digest = unb64::<32>(&p.digest, "digest");
-        let id_ok = unb64::<16>(&p.id, "id").is_ok();
-        let (state, error) = match (&key, &digest) {
-            _ if !id_ok => (
-                "failed",
-                Some("the attachment's id is malformed".to_string()),
-            ),
-            (Err(e), _) | (_, Err(e)) => ("failed", Some(e.to_string())),
-            _ if p.size > MAX_ATTACHMENT_BYTES => (
-                "failed",
-                Some(format!(
-                    "the attachment claims {} bytes, more than the {MAX_ATTACHMENT_BYTES} allowed",
-                    p.size
-                )),
-            ),
-            _ => ("pending", None),
-        };
-        let content_type: String = p
-            .content_type
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(100)
-            .collect();
-        conn.execute(
-            "INSERT OR IGNORE INTO attachments (message_id, idx, outgoing, object_id, size, digest, key, content_type, name, state, error)
-             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                message_id,
-                i as i64,
-                p.id,
-                p.size.min(i64::MAX as u64) as i64,
-                digest.map(|d| d.to_vec()).unwrap_or_default(),
-                key.map(|k| k.to_vec()).unwrap_or_default(),
-                content_type,
-                safe_file_name(&p.name),
-                state,
-                error
-            ],
-        )?;
+        store_incoming_one(conn, message_id, i as u32, p)?;
     }
+    Ok(())
+}
+
+/// Stores one received pointer as attachment `idx` of a message (see [`store_incoming`]).
+pub(crate) fn store_incoming_one(
+    conn: &Connection,
+    message_id: &str,
+    idx: u32,
+    p: &AttachmentPointer,
+) -> Result<(), ClientError> {
+    let key = unb64::<32>(&p.key, "key");
+    let digest = unb64::<32>(&p.digest, "digest");
+    let id_ok = unb64::<16>(&p.id, "id").is_ok();
+    let (state, error) = match (&key, &digest) {
+        _ if !id_ok => (
+            "failed",
+            Some("the attachment's id is malformed".to_string()),
+        ),
+        (Err(e), _) | (_, Err(e)) => ("failed", Some(e.to_string())),
+        _ if p.size > MAX_ATTACHMENT_BYTES => (
+            "failed",
+            Some(format!(
+                "the attachment claims {} bytes, more than the {MAX_ATTACHMENT_BYTES} allowed",
+                p.size
+            )),
+        ),
+        _ => ("pending", None),
+    };
+    let content_type: String = p
+        .content_type
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    conn.execute(
+        "INSERT OR IGNORE INTO attachments (message_id, idx, outgoing, object_id, size, digest, key, content_type, name, state, error)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            message_id,
+            i64::from(idx),
+            p.id,
+            p.size.min(i64::MAX as u64) as i64,
+            digest.map(|d| d.to_vec()).unwrap_or_default(),
+            key.map(|k| k.to_vec()).unwrap_or_default(),
+            content_type,
+            safe_file_name(&p.name),
+            state,
+            error
+        ],
+    )?;
     Ok(())
 }
 
@@ -644,16 +655,26 @@ impl Client {
         let path = PathBuf::from(a.object_path.clone().ok_or_else(|| {
             ClientError::Protocol(format!("the encrypted file of {} is gone", a.name))
         })?);
-        let len = tokio::fs::metadata(&path)
+        self.upload_object(&path, a.size, &a.name).await
+    }
+
+    /// Uploads the encrypted object at `path` (of `size` plaintext bytes): a fresh presigned
+    /// URL, then a streamed `PUT` of the file. Returns the object id the server gave.
+    pub(crate) async fn upload_object(
+        &self,
+        path: &Path,
+        size: u64,
+        name: &str,
+    ) -> Result<String, ClientError> {
+        let len = tokio::fs::metadata(path)
             .await
             .map_err(|e| {
-                ClientError::Protocol(format!("the encrypted file of {} is gone: {e}", a.name))
+                ClientError::Protocol(format!("the encrypted file of {name} is gone: {e}"))
             })?
             .len();
-        if Some(len) != attachment_object_len(a.size) {
+        if Some(len) != attachment_object_len(size) {
             return Err(ClientError::Protocol(format!(
-                "the encrypted file of {} has the wrong length",
-                a.name
+                "the encrypted file of {name} has the wrong length"
             )));
         }
         let upload: AttachmentUpload = self
@@ -672,8 +693,8 @@ impl Client {
                 upload.method
             )));
         }
-        let file = tokio::fs::File::open(&path).await?;
-        let bar = progress_bar(self.attachments.progress, len, format!("upload {}", a.name));
+        let file = tokio::fs::File::open(path).await?;
+        let bar = progress_bar(self.attachments.progress, len, format!("upload {name}"));
         let progress = bar.clone();
         let stream = tokio_util::io::ReaderStream::with_capacity(file, BUF).inspect(move |chunk| {
             if let Ok(c) = chunk {
@@ -694,18 +715,18 @@ impl Client {
         let resp = rb
             .send()
             .await
-            .map_err(|e| transfer_error(&format!("uploading {}", a.name), e))?;
+            .map_err(|e| transfer_error(&format!("uploading {name}"), e))?;
         bar.finish_and_clear();
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             let detail: String = text.chars().take(300).collect();
             return Err(transfer_error(
-                &format!("uploading {}", a.name),
+                &format!("uploading {name}"),
                 format!("{status} {detail}"),
             ));
         }
-        tracing::info!(name = %a.name, id = %upload.id, bytes = len, "attachment uploaded");
+        tracing::info!(name = %name, id = %upload.id, bytes = len, "attachment uploaded");
         Ok(upload.id)
     }
 
@@ -859,18 +880,8 @@ impl Client {
             .clone()
             .ok_or_else(|| ClientError::Content("the pointer has no object id".into()))?;
         unb64::<16>(&object_id, "id")?;
-        let expected = attachment_object_len(a.size)
+        attachment_object_len(a.size)
             .ok_or_else(|| ClientError::Content("the attachment is too large".into()))?;
-        let dl: AttachmentDownload = self
-            .call_json("GET", &format!("/v1/attachments/{object_id}"), None)
-            .await?;
-        if dl.size != expected {
-            return Err(ClientError::Content(format!(
-                "refused: the stored object is {} bytes, but {} bytes of content need {expected}; it was truncated, extended or replaced",
-                dl.size, a.size
-            )));
-        }
-
         let dir = self.attachments.dir.join("attachments");
         private_dir(&dir)?;
         let mut nonce = [0u8; 8];
@@ -878,16 +889,13 @@ impl Client {
         let tag = hex::encode(nonce);
         let object_tmp = dir.join(format!(".{}-{}-{tag}.download", a.message_id, a.idx));
         let plain_tmp = dir.join(format!(".{}-{}-{tag}.part", a.message_id, a.idx));
-        let result = self
-            .fetch_and_decrypt(
-                a,
-                &dl.download_url,
-                expected,
-                secrets,
-                &object_tmp,
-                &plain_tmp,
-            )
-            .await;
+        let result = match self
+            .download_object(&object_id, a.size, &a.name, &object_tmp)
+            .await
+        {
+            Ok(()) => decrypt_file(&object_tmp, &plain_tmp, secrets).await,
+            Err(e) => Err(e),
+        };
         remove_quietly(&object_tmp);
         if let Err(e) = result {
             remove_quietly(&plain_tmp);
@@ -905,16 +913,29 @@ impl Client {
         Ok(target)
     }
 
-    async fn fetch_and_decrypt(
+    /// Downloads the stored object `object_id` (of `size` plaintext bytes) into the new file
+    /// `object_tmp` (0600) through a presigned `GET`, refusing an object of the wrong length
+    /// before and while it streams. The caller removes `object_tmp` whatever the outcome.
+    pub(crate) async fn download_object(
         &self,
-        a: &Row,
-        url: &str,
-        expected: u64,
-        secrets: AttachmentSecrets,
+        object_id: &str,
+        size: u64,
+        name: &str,
         object_tmp: &Path,
-        plain_tmp: &Path,
     ) -> Result<(), ClientError> {
-        let what = format!("downloading {}", a.name);
+        let expected = attachment_object_len(size)
+            .ok_or_else(|| ClientError::Content("the attachment is too large".into()))?;
+        let dl: AttachmentDownload = self
+            .call_json("GET", &format!("/v1/attachments/{object_id}"), None)
+            .await?;
+        if dl.size != expected {
+            return Err(ClientError::Content(format!(
+                "refused: the stored object is {} bytes, but {size} bytes of content need {expected}; it was truncated, extended or replaced",
+                dl.size
+            )));
+        }
+        let url = dl.download_url.as_str();
+        let what = format!("downloading {name}");
         let resp = self
             .attachments
             .transfer
@@ -942,7 +963,7 @@ impl Client {
         let bar = progress_bar(
             self.attachments.progress,
             expected,
-            format!("download {}", a.name),
+            format!("download {name}"),
         );
         let mut got = 0u64;
         let mut body = resp.bytes_stream();
@@ -966,31 +987,41 @@ impl Client {
                 "refused: the object is {got} bytes, {expected} were expected (truncated)"
             )));
         }
-        // Decrypt in a blocking thread: single pass, tags and digest checked; the output is
-        // valid only on Ok (the caller removes the part file otherwise).
-        let object_tmp = object_tmp.to_path_buf();
-        let plain_tmp = plain_tmp.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<(), ClientError> {
-            let input = File::open(&object_tmp)?;
-            let len = input.metadata()?.len();
-            let output = create_private(&plain_tmp)?;
-            let mut writer = BufWriter::with_capacity(BUF, output);
-            decrypt_attachment(
-                &secrets,
-                Some(len),
-                BufReader::with_capacity(BUF, input),
-                &mut writer,
-            )
-            .map_err(|e| ClientError::Content(format!("refused: {e}")))?;
-            let file = writer
-                .into_inner()
-                .map_err(|e| ClientError::Io(e.into_error()))?;
-            file.sync_all()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| ClientError::Internal(format!("decryption task: {e}")))?
+        Ok(())
     }
+}
+
+/// Decrypts the downloaded `object_tmp` into the new file `plain_tmp` (0600) in a blocking
+/// thread; `plain_tmp` is valid only on `Ok` (the caller removes it otherwise).
+async fn decrypt_file(
+    object_tmp: &Path,
+    plain_tmp: &Path,
+    secrets: AttachmentSecrets,
+) -> Result<(), ClientError> {
+    // Decrypt in a blocking thread: single pass, tags and digest checked; the output is
+    // valid only on Ok (the caller removes the part file otherwise).
+    let object_tmp = object_tmp.to_path_buf();
+    let plain_tmp = plain_tmp.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(), ClientError> {
+        let input = File::open(&object_tmp)?;
+        let len = input.metadata()?.len();
+        let output = create_private(&plain_tmp)?;
+        let mut writer = BufWriter::with_capacity(BUF, output);
+        decrypt_attachment(
+            &secrets,
+            Some(len),
+            BufReader::with_capacity(BUF, input),
+            &mut writer,
+        )
+        .map_err(|e| ClientError::Content(format!("refused: {e}")))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| ClientError::Io(e.into_error()))?;
+        file.sync_all()?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| ClientError::Internal(format!("decryption task: {e}")))?
 }
 
 #[cfg(test)]

@@ -29,9 +29,11 @@ use crate::{
 };
 
 mod groups;
+mod history;
 mod revocation;
 
 pub use groups::GroupInfo;
+pub use history::{HistoryImported, HistorySent, HISTORY_CONTENT_TYPE};
 pub use revocation::DeviceRevocation;
 
 /// An outbox row: message id, body, body key, stored envelopes.
@@ -51,6 +53,17 @@ const OLD_LINK_CODE_PREFIX: &str = "cplink1.";
 /// The bytes of the secret a link code carries (kept by the new device, never sent to the
 /// server; the approver returns it inside the encrypted DeviceLink).
 const LINK_SECRET_LEN: usize = 16;
+
+/// What [`Client::link_approve_with`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkApproval {
+    /// The new device.
+    pub device_id: u32,
+    /// The history sent to it (none when not asked for or when it failed).
+    pub history: Option<HistorySent>,
+    /// Why the history could not be sent.
+    pub history_error: Option<String>,
+}
 
 /// What [`Client::maintain_prekeys`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -965,8 +978,39 @@ impl Client {
     }
 
     /// On an existing device: certifies the device of a link code, registers it and sends it
-    /// the account key and contacts. Returns the new device id.
+    /// the account key and contacts, then the history ([`Client::send_history`]). Returns the
+    /// new device id. A history that could not be sent leaves a notice (the device is linked
+    /// all the same; [`Client::send_history`] tries again).
     pub async fn link_approve(&mut self, code: &str) -> Result<u32, ClientError> {
+        Ok(self.link_approve_with(code, true).await?.device_id)
+    }
+
+    /// [`Client::link_approve`], with or without the history.
+    pub async fn link_approve_with(
+        &mut self,
+        code: &str,
+        with_history: bool,
+    ) -> Result<LinkApproval, ClientError> {
+        let device_id = self.link_approve_device(code).await?;
+        let mut approval = LinkApproval {
+            device_id,
+            history: None,
+            history_error: None,
+        };
+        if with_history {
+            match self.send_history(device_id).await {
+                Ok(sent) => approval.history = Some(sent),
+                Err(e) => {
+                    tracing::warn!(error = %e, "history not sent");
+                    self.store.notice(&format!("the history was not sent to device {device_id}: {e}; `cipherpost link history {device_id}` tries again"))?;
+                    approval.history_error = Some(e.to_string());
+                }
+            }
+        }
+        Ok(approval)
+    }
+
+    async fn link_approve_device(&mut self, code: &str) -> Result<u32, ClientError> {
         let me = self.linked_me()?;
         let bad = || ClientError::Usage("that is not a valid link code".into());
         if code.trim().starts_with(OLD_LINK_CODE_PREFIX) {
@@ -1921,6 +1965,13 @@ impl Client {
                     &revoked,
                     &certificates,
                 )?,
+                Content::HistoryPointer {
+                    device_id,
+                    archive,
+                    messages,
+                } if from_self && !ephemeral => {
+                    history::receive_pointer(&tx, me, device_id, &archive, messages)?;
+                }
                 other => {
                     tracing::debug!(kind = other.kind(), "content ignored in this context");
                 }
@@ -2016,6 +2067,7 @@ impl Client {
                 break;
             }
         }
+        self.import_pending_history().await?;
         events.extend(self.download_pending().await?);
         self.store
             .set_meta("last_sync_ms", now_ms().to_string().as_bytes())?;
@@ -2349,6 +2401,7 @@ impl Client {
                 if ack {
                     self.ack(vec![envelope.id.clone()]).await?;
                 }
+                self.import_pending_history().await?;
                 self.download_pending()
                     .await?
                     .iter()

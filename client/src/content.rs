@@ -115,6 +115,17 @@ pub enum Content {
         /// The remaining devices' certificates under the new key (b64 each).
         certificates: Vec<String>,
     },
+    /// To one's own devices, from the device that approved a link: where the encrypted
+    /// history archive of the account is (an attachment object) and its key. Only the device
+    /// it names imports it; the others ignore it.
+    HistoryPointer {
+        /// The newly linked device that is to import the archive.
+        device_id: u32,
+        /// The archive object (content type `application/x-cipherpost-history`). Secret.
+        archive: AttachmentPointer,
+        /// How many messages the archive holds (shown while importing).
+        messages: u64,
+    },
 }
 
 impl Content {
@@ -130,6 +141,7 @@ impl Content {
             Self::GroupUpdate { .. } => "group_update",
             Self::DeviceLink { .. } => "device_link",
             Self::AccountRotated { .. } => "account_rotated",
+            Self::HistoryPointer { .. } => "history_pointer",
         }
     }
 }

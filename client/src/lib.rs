@@ -13,7 +13,10 @@ pub mod store;
 
 pub use crate::{
     attachments::{AttachmentInfo, AttachmentPointer},
-    client::{Client, DeviceRevocation, Event, GroupInfo, PrekeyMaintenance, Verification},
+    client::{
+        Client, DeviceRevocation, Event, GroupInfo, HistoryImported, HistorySent, LinkApproval,
+        PrekeyMaintenance, Verification, HISTORY_CONTENT_TYPE,
+    },
     error::ClientError,
     store::{Store, StoredMessage},
 };

@@ -216,10 +216,19 @@ enum LinkAction {
         /// The account to join.
         user: String,
     },
-    /// On an existing device: approve a link code.
+    /// On an existing device: approve a link code (and send this device's history to it).
     Approve {
         /// The code printed by `link request`.
         code: String,
+        /// Do not send the conversations, contacts, groups and settings to the new device.
+        #[arg(long)]
+        no_history: bool,
+    },
+    /// On an existing device: send this device's history to another device of the account
+    /// (again, after `link approve` could not).
+    History {
+        /// The device id `link approve` printed.
+        device: u32,
     },
 }
 
@@ -363,13 +372,37 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
         Command::Link {
-            action: LinkAction::Approve { code },
+            action: LinkAction::Approve { code, no_history },
         } => {
-            let device = c.link_approve(&code).await?;
+            let done = c.link_approve_with(&code, !no_history).await?;
+            let device = done.device_id;
             if j {
-                println!("{}", json!({"device_id": device}));
+                println!("{}", serde_json::to_string(&done).unwrap_or_default());
             } else {
                 println!("device {device} linked; it receives the account key and contacts on its next sync");
+                match (&done.history, &done.history_error) {
+                    (Some(h), _) => println!(
+                        "history sent ({} messages, {} bytes encrypted); the new device imports it on its next sync",
+                        h.messages, h.bytes
+                    ),
+                    (None, Some(e)) => println!(
+                        "the history was NOT sent: {e}\n  try again with `cipherpost link history {device}`"
+                    ),
+                    (None, None) => println!("no history sent (--no-history)"),
+                }
+            }
+        }
+        Command::Link {
+            action: LinkAction::History { device },
+        } => {
+            let sent = c.send_history(device).await?;
+            if j {
+                println!("{}", serde_json::to_string(&sent).unwrap_or_default());
+            } else {
+                println!(
+                    "history sent to device {device} ({} messages, {} bytes encrypted)",
+                    sent.messages, sent.bytes
+                );
             }
         }
         Command::Devices {

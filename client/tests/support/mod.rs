@@ -110,6 +110,9 @@ pub(crate) enum ProxyMode {
     Record,
     /// Passes the request on, waits for the whole answer, then hangs up: a lost answer.
     LoseAnswers,
+    /// Passes everything through except acknowledgements (`POST /v1/messages/ack`), which
+    /// never reach the server (the client is hung up on): what was fetched is delivered again.
+    DropAcks,
 }
 
 /// An HTTP/1.1 proxy in front of the gateway (keep-alive, one upstream connection per client
@@ -165,6 +168,11 @@ impl Proxy {
                             return;
                         }
                         log.lock().unwrap().push(request.clone());
+                        if mode == ProxyMode::DropAcks
+                            && request.starts_with(b"POST /v1/messages/ack ")
+                        {
+                            return; // hang up on the client; the server never hears of it
+                        }
                         if server.write_all(&request).await.is_err() {
                             return;
                         }
