@@ -37,8 +37,8 @@ use crate::{
     body::{pad, unpad, MessageId},
     codec::{Reader, Writer},
     consts::{
-        CHAIN_EXHAUSTED, LABEL_SENDER_KEY_MSG, MAX_OLD_SENDER_KEYS, MAX_SENDER_KEY_JUMP,
-        MAX_SENDER_KEY_SKIPPED, OLD_SENDER_KEY_KEEP_MS, TAG_LEN,
+        CHAIN_EXHAUSTED, LABEL_SENDER_KEY_MSG, MAX_CONTENT_LEN, MAX_OLD_SENDER_KEYS,
+        MAX_SENDER_KEY_JUMP, MAX_SENDER_KEY_SKIPPED, OLD_SENDER_KEY_KEEP_MS, PAD_BLOCK, TAG_LEN,
     },
     error::{DecodeError, SenderKeyError},
     identity::{DeviceId, UserId},
@@ -474,6 +474,19 @@ impl<'a> GroupMessage<'a> {
                 what: WHAT,
                 needed: TAG_LEN + SIGNATURE_LEN - rest.len(),
             });
+        }
+        // `SEAL` of `content_padded`: a whole number (at least one) of 160-byte pad blocks, at
+        // most those of the longest content, plus the tag.
+        let sealed = rest.len() - TAG_LEN - SIGNATURE_LEN;
+        let max_padded = PAD_BLOCK * (MAX_CONTENT_LEN + 1).div_ceil(PAD_BLOCK);
+        if sealed == 0 || sealed % PAD_BLOCK != 0 {
+            return Err(r.invalid(
+                "its sealed content is not a whole number of 160-byte pad blocks \
+                 (truncated or padded wrongly)",
+            ));
+        }
+        if sealed > max_padded {
+            return Err(r.invalid("its sealed content is longer than the longest content padded"));
         }
         let (signed, signature) = wire.split_at(wire.len() - SIGNATURE_LEN);
         let mut sig = [0u8; SIGNATURE_LEN];

@@ -882,3 +882,42 @@ fn the_public_header_parses_without_keys_and_refuses_other_bytes() {
     assert!(SenderKeyMessageHeader::parse(&wire[..header_len + 79]).is_err());
     assert!(SenderKeyMessageHeader::parse(&[]).is_err());
 }
+
+/// Issue #9: the server accepted group messages cut anywhere past tag and signature room (it
+/// checked only that room). The sealed content is `content_padded` plus the tag, so every cut
+/// that is not a whole number of 160-byte pad blocks, and any message longer than the longest
+/// content padded, is refused by the header parse the server uses.
+#[test]
+fn the_public_header_refuses_truncated_and_oversized_messages() {
+    let (mut own, _) = setup();
+    let wire = own.encrypt(&mid(1), b"hello").unwrap();
+    let header_len = 1 + 16 + 2 + 5 + 4 + 4 + 4 + 16;
+    assert_eq!(wire.len(), header_len + 160 + 16 + 64);
+    for cut in [
+        wire.len() - 1,
+        wire.len() - 65,
+        wire.len() / 2,
+        header_len + 80,
+    ] {
+        let e = SenderKeyMessageHeader::parse(&wire[..cut]).unwrap_err();
+        assert!(e.to_string().contains("pad blocks"), "{cut}: {e}");
+    }
+    // One byte more (in the ciphertext: the signature stays last) is refused as well.
+    let mut longer = wire[..wire.len() - 64].to_vec();
+    longer.push(0);
+    longer.extend_from_slice(&wire[wire.len() - 64..]);
+    assert!(SenderKeyMessageHeader::parse(&longer).is_err());
+    // The longest content passes; one pad block more does not.
+    let big = own
+        .encrypt(
+            &mid(2),
+            &vec![7; cipherpost_protocol::consts::MAX_CONTENT_LEN],
+        )
+        .unwrap();
+    assert!(SenderKeyMessageHeader::parse(&big).is_ok());
+    let mut over = big[..big.len() - 64].to_vec();
+    over.extend_from_slice(&[0; 160]);
+    over.extend_from_slice(&big[big.len() - 64..]);
+    let e = SenderKeyMessageHeader::parse(&over).unwrap_err();
+    assert!(e.to_string().contains("longest content"), "{e}");
+}

@@ -34,7 +34,11 @@ impl Backend {
             ("DELETE", ["accounts", user, "devices", device]) => {
                 self.revoke_device(req, user, device, now).await
             }
-            _ => Err(ApiError::not_found("not_found", "no such route")),
+            _ => Err(req.unmatched(&[
+                ("PUT", "accounts/{user}"),
+                ("POST", "accounts/{user}/devices"),
+                ("DELETE", "accounts/{user}/devices/{device}"),
+            ])),
         };
         match result {
             Ok(r) => r,

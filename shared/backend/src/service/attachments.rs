@@ -52,7 +52,7 @@ impl Backend {
         let result = match (req.method.as_str(), req.segments().as_slice()) {
             ("POST", ["attachments"]) => self.create_attachment(req, now).await,
             ("GET", ["attachments", id]) => self.get_attachment(req, id, now).await,
-            _ => Err(ApiError::not_found("not_found", "no such route")),
+            _ => Err(req.unmatched(&[("GET", "attachments/{id}")])),
         };
         result.unwrap_or_else(HttpResponse::from)
     }

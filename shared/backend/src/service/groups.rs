@@ -147,7 +147,18 @@ impl Backend {
     /// Routes of the `groups` function.
     pub async fn groups(&self, req: &HttpRequest) -> HttpResponse {
         let now = crate::now_ms();
-        let result = match (req.method.as_str(), req.segments().as_slice()) {
+        // The ids in the path are checked before anything else (as the account routes do), so
+        // a malformed one is named as such rather than failing the signature check.
+        let seg = req.segments();
+        let ids = match seg.as_slice() {
+            ["groups", g, "members" | "admins", u] => path_group_id(g).and_then(|_| user_id(u)),
+            ["groups", g, ..] => path_group_id(g).map(|_| String::new()),
+            _ => Ok(String::new()),
+        };
+        if let Err(e) = ids {
+            return e.into();
+        }
+        let result = match (req.method.as_str(), seg.as_slice()) {
             ("POST", ["groups"]) => self.create_group(req, now).await,
             ("GET", ["groups", g]) => self.read_group(req, g, now).await,
             ("POST", ["groups", g, "members"]) => self.add_members(req, g, now).await,
@@ -155,7 +166,14 @@ impl Backend {
             ("PUT", ["groups", g, "admins", u]) => self.set_admin(req, g, u, true, now).await,
             ("DELETE", ["groups", g, "admins", u]) => self.set_admin(req, g, u, false, now).await,
             ("POST", ["groups", g, "leave"]) => self.leave_group(req, g, now).await,
-            _ => Err(ApiError::not_found("not_found", "no such route")),
+            _ => Err(req.unmatched(&[
+                ("GET", "groups/{group}"),
+                ("POST", "groups/{group}/members"),
+                ("DELETE", "groups/{group}/members/{user}"),
+                ("PUT", "groups/{group}/admins/{user}"),
+                ("DELETE", "groups/{group}/admins/{user}"),
+                ("POST", "groups/{group}/leave"),
+            ])),
         };
         result.unwrap_or_else(HttpResponse::from)
     }

@@ -22,7 +22,7 @@ impl Backend {
             ("PUT", ["keys"]) => self.upload_keys(req, now).await,
             ("GET", ["keys"]) => self.prekey_count(req, now).await,
             ("GET", ["keys", user]) => self.bundle(req, user, now).await,
-            _ => Err(ApiError::not_found("not_found", "no such route")),
+            _ => Err(req.unmatched(&[("GET", "keys/{user}")])),
         };
         result.unwrap_or_else(HttpResponse::from)
     }

@@ -103,6 +103,12 @@ impl Backend {
         }
         let mut given = BTreeSet::new();
         for e in &msg.envelopes {
+            if UserId::new(&e.user).is_err() || e.device_id == 0 {
+                return Err(ApiError::bad_request(
+                    "invalid_envelopes",
+                    "an envelope names an invalid user id or device id 0",
+                ));
+            }
             if !given.insert(DeviceRef {
                 user: e.user.clone(),
                 device_id: e.device_id,
