@@ -1243,24 +1243,33 @@ impl Client {
             if is_self && b.device_id == me_device.get() {
                 continue;
             }
-            let Ok(pb) = to_prekey_bundle(b) else {
-                tracing::warn!(user, device = b.device_id, "unreadable bundle ignored");
-                continue;
-            };
-            if chain.verify_device(&pb.certificate).is_err()
-                || pb.certificate.device_id.get() != b.device_id
-                || pb
-                    .signed_prekey
-                    .verify(&pb.certificate.identity.signing)
-                    .is_err()
-            {
+            let pb = to_prekey_bundle(b).ok();
+            if !pb.as_ref().is_some_and(|pb| {
+                chain.verify_device(&pb.certificate).is_ok()
+                    && pb.certificate.device_id.get() == b.device_id
+                    && pb
+                        .signed_prekey
+                        .verify(&pb.certificate.identity.signing)
+                        .is_ok()
+            }) {
                 tracing::warn!(
                     user,
                     device = b.device_id,
                     "bundle does not verify; ignored"
                 );
+                // The server lists a device that the account key did not certify (or whose
+                // signed prekey its identity did not sign): nothing is encrypted to it, and
+                // the user is told, since only a faulty or malicious server does this.
+                store::notice(
+                    &tx,
+                    &format!(
+                        "the server lists a device {} of {user} whose keys do not verify under the account key you have for {user}; it was ignored and nothing is sent to it",
+                        b.device_id
+                    ),
+                )?;
                 continue;
             }
+            let Some(pb) = pb else { continue };
             listed.insert(b.device_id);
             let identity = pb.certificate.identity.to_bytes().to_vec();
             let known: Option<Vec<u8>> = tx
@@ -1497,6 +1506,22 @@ impl Client {
         if !c.is_some_and(|c| c.fetched) {
             self.refresh_devices(to).await?;
         }
+        if to != me_user {
+            // Every device the server listed was refused (keys that do not verify): the
+            // message waits for keys that do, rather than going out to no one and failing.
+            let verified: i64 = self.store.conn.query_row(
+                "SELECT COUNT(*) FROM devices WHERE user = ?1",
+                [to],
+                |r| r.get(0),
+            )?;
+            if verified == 0 {
+                return Err(ClientError::KeysInvalid {
+                    user: to.to_string(),
+                    reason: "no device of theirs has keys that verify under their account key"
+                        .into(),
+                });
+            }
+        }
         self.upload_attachments(seq).await?;
         for _ in 0..MAX_MISMATCH_RETRIES {
             let (message_id, body, envelopes) = {
@@ -1553,7 +1578,19 @@ impl Client {
                 .call(None, "PUT", "/v1/messages", Some(Self::json(&req)?))
                 .await?;
             if (200..300).contains(&status) {
-                return self.outbox_sent(seq, &message_id, &bytes);
+                self.outbox_sent(seq, &message_id, &bytes)?;
+                // Each recipient device's delivery receipt is awaited (a missing one is
+                // reported, see `delivery`).
+                let devices: Vec<u32> = req
+                    .envelopes
+                    .iter()
+                    .filter(|e| e.user == to)
+                    .map(|e| e.device_id)
+                    .collect();
+                if to != me_user {
+                    crate::delivery::sent(&self.store.conn, &message_id, to, &devices)?;
+                }
+                return Ok(());
             }
             let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
             if status == 409 && err.error == "device_mismatch" {
@@ -1832,6 +1869,22 @@ impl Client {
             }
             Ok(d) => (d.new_session, d.plaintext),
         };
+        // The body must match the key envelope (its hash and the message id) before anything
+        // is kept: a server that pairs a real key envelope with a tampered body or another
+        // message id must not use up the ratchet key of the real message (which would then
+        // never open). Rolled back, the session is as if the forgery never came.
+        let plain = match open_body(&content, &env.body.0, &mid) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(tx);
+                tracing::warn!(error = %e, sender = %sender_user, "forged or mismatched body dropped");
+                self.store.notice(&format!(
+                    "a message from {}#{} could not be read: {e}",
+                    sender_user, env.sender.device_id
+                ))?;
+                return Ok((!ephemeral, Vec::new()));
+            }
+        };
         // Decrypted: the advanced session is kept whatever the content turns out to be.
         save_sessions(&tx, &sender_user, env.sender.device_id, &sessions)?;
         if new_session {
@@ -1850,7 +1903,6 @@ impl Client {
         // session and `seen` stay, and the envelope is acknowledged.
         tx.execute_batch("SAVEPOINT content")?;
         let applied = (|| -> Result<(), ClientError> {
-            let plain = open_body(&content, &env.body.0, &mid).map_err(ClientError::protocol)?;
             match Content::decode(&plain)? {
                 Content::Text {
                     to,
@@ -1897,6 +1949,13 @@ impl Client {
                         ReceiptKind::Read => tx.execute("UPDATE messages SET state = 'read' WHERE message_id = ?1 AND outgoing = 1 AND conversation = ?2 AND state != 'read'", params![mid, sender_user])?,
                     };
                     }
+                    crate::delivery::confirmed(
+                        &tx,
+                        &sender_user,
+                        env.sender.device_id,
+                        &message_ids,
+                        kind == ReceiptKind::Delivered,
+                    )?;
                     events.push(Event::Receipt {
                         conversation: sender_user.clone(),
                         kind,

@@ -8,6 +8,7 @@ pub mod api;
 pub mod attachments;
 mod client;
 pub mod content;
+mod delivery;
 mod error;
 pub mod store;
 

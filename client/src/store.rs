@@ -137,6 +137,8 @@ ALTER TABLE outbox ADD COLUMN last_error TEXT;
 "#,
     // 5: attachments (the pointers of received and sent files, and their download state).
     crate::attachments::MIGRATION,
+    // 6: the recipient devices that have not confirmed a sent text (dropped-message reports).
+    crate::delivery::MIGRATION,
 ];
 
 /// The store of one profile.

@@ -58,6 +58,15 @@ impl Dev {
     }
 }
 
+/// Every plaintext the client suites send carries this marker, so that `scan-plaintext`
+/// (run by `./dev test` after each suite) can show that none of it reached DynamoDB or S3.
+pub(crate) const MARKER: &str = "CIPHERPOST-PLAINTEXT-MARKER-6f2d";
+
+/// `text` with the plaintext marker in front.
+pub(crate) fn marked(text: &str) -> String {
+    format!("{MARKER} {text}")
+}
+
 pub(crate) fn fresh(prefix: &str) -> String {
     format!("{prefix}-{:08x}", OsRng.next_u32())
 }
@@ -103,8 +112,12 @@ pub(crate) fn assert_no_duplicates(d: &Dev, conversation: &str) {
     }
 }
 
+/// Rewrites an answer: `(method, path with query, status, JSON body)`; the body may be
+/// changed in place. Answers that are not JSON pass through untouched.
+pub(crate) type Rewrite = Arc<dyn Fn(&str, &str, u16, &mut serde_json::Value) + Send + Sync>;
+
 /// What the proxy does with each exchange.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) enum ProxyMode {
     /// Passes requests and answers through, recording the requests.
     Record,
@@ -113,6 +126,45 @@ pub(crate) enum ProxyMode {
     /// Passes everything through except acknowledgements (`POST /v1/messages/ack`), which
     /// never reach the server (the client is hung up on): what was fetched is delivered again.
     DropAcks,
+    /// A malicious server: passes requests on (recording them) and hands each JSON answer to
+    /// the closure before the client sees it.
+    Rewrite(Rewrite),
+}
+
+/// Applies `rewrite` to one HTTP answer (`head \r\n\r\n body`, `Content-Length` framed),
+/// fixing the length; a body that is not JSON is returned unchanged.
+fn rewrite_answer(request: &[u8], answer: Vec<u8>, rewrite: &Rewrite) -> Vec<u8> {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return answer;
+    };
+    let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&answer[end + 4..]) else {
+        return answer;
+    };
+    let line =
+        String::from_utf8_lossy(&request[..request.iter().position(|&b| b == b'\r').unwrap_or(0)])
+            .into_owned();
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    rewrite(method, path, status, &mut body);
+    let body = serde_json::to_vec(&body).unwrap();
+    let mut out = Vec::new();
+    for l in head.split("\r\n") {
+        if l.to_ascii_lowercase().starts_with("content-length:") {
+            out.extend_from_slice(format!("content-length: {}", body.len()).as_bytes());
+        } else {
+            out.extend_from_slice(l.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    out
 }
 
 /// An HTTP/1.1 proxy in front of the gateway (keep-alive, one upstream connection per client
@@ -158,6 +210,7 @@ impl Proxy {
             while let Ok((mut client, _)) = listener.accept().await {
                 let upstream = upstream.clone();
                 let log = log.clone();
+                let mode = mode.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else {
                         return;
@@ -168,7 +221,7 @@ impl Proxy {
                             return;
                         }
                         log.lock().unwrap().push(request.clone());
-                        if mode == ProxyMode::DropAcks
+                        if matches!(mode, ProxyMode::DropAcks)
                             && request.starts_with(b"POST /v1/messages/ack ")
                         {
                             return; // hang up on the client; the server never hears of it
@@ -176,9 +229,12 @@ impl Proxy {
                         if server.write_all(&request).await.is_err() {
                             return;
                         }
-                        let answer = read_message(&mut server).await;
-                        if mode == ProxyMode::LoseAnswers || answer.is_empty() {
+                        let mut answer = read_message(&mut server).await;
+                        if matches!(mode, ProxyMode::LoseAnswers) || answer.is_empty() {
                             return; // hang up on the client
+                        }
+                        if let ProxyMode::Rewrite(f) = &mode {
+                            answer = rewrite_answer(&request, answer, f);
                         }
                         if client.write_all(&answer).await.is_err() {
                             return;
