@@ -851,6 +851,23 @@ impl Client {
             }
             return Err(Self::server_error(status, &bytes));
         }
+        // A 2xx is a success only when it names this account and device; anything else is an
+        // answer we cannot trust, handled like a lost one (the identity is kept, and running
+        // `register` again checks with the server whether the account exists).
+        let registered: Option<DeviceRegistered> = serde_json::from_slice(&bytes).ok();
+        let expected = self
+            .me
+            .as_ref()
+            .map(|m| (m.user.to_string(), m.device.get()));
+        if registered.map(|r| (r.user, r.device_id)) != expected {
+            return Err(ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                reason: format!(
+                    "the server answered {status} with a body that is not this registration ({}); run `cipherpost register {user}` again to finish (it checks whether the account was created)",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                ),
+            });
+        }
         self.finish_registration()
     }
 

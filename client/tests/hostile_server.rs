@@ -34,7 +34,7 @@ async fn register_against(answer: &'static str) -> ClientError {
 
 #[tokio::test]
 async fn garbage_answers_are_clear_errors() {
-    let cases: [(&str, &'static str, &str); 2] = [
+    let cases: [(&str, &'static str, &str); 4] = [
         (
             "a 502 HTML page",
             "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: 37\r\nconnection: close\r\n\r\n<html><h1>502 Bad Gateway</h1></html>",
@@ -44,6 +44,16 @@ async fn garbage_answers_are_clear_errors() {
             "a 400 that is not JSON",
             "HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\nconnection: close\r\n\r\nnot json!!!",
             "not json!!!",
+        ),
+        (
+            "a 200 whose body is garbage",
+            "HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\ngarbage",
+            "garbage",
+        ),
+        (
+            "a 200 naming another account",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 32\r\nconnection: close\r\n\r\n{\"user\":\"mallory\",\"device_id\":7}",
+            "not this registration",
         ),
     ];
     for (what, answer, expect) in cases {
