@@ -10,6 +10,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod support;
+use support::{bucket, get_object, put_object, s3};
+
 use cipherpost_client::{Client, ClientError, Event};
 use rand_core::{OsRng, RngCore};
 use tempfile::TempDir;
@@ -19,45 +22,6 @@ const MARKER: &[u8] = b"CIPHERPOST-PLAINTEXT-MARKER-6f2d";
 
 fn endpoint() -> String {
     std::env::var("CIPHERPOST_API").unwrap_or_else(|_| "http://127.0.0.1:8787".into())
-}
-
-fn bucket() -> String {
-    std::env::var("CIPHERPOST_BUCKET").unwrap_or_else(|_| "cipherpost-attachments".into())
-}
-
-/// An S3 client on the local endpoint (path-style, as moto needs), with the test credentials.
-async fn s3() -> aws_sdk_s3::Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
-async fn get_object(object_id: &str) -> Vec<u8> {
-    let out = s3()
-        .await
-        .get_object()
-        .bucket(bucket())
-        .key(format!("attachments/{object_id}"))
-        .send()
-        .await
-        .unwrap();
-    out.body.collect().await.unwrap().into_bytes().to_vec()
-}
-
-async fn put_object(object_id: &str, bytes: Vec<u8>) {
-    s3().await
-        .put_object()
-        .bucket(bucket())
-        .key(format!("attachments/{object_id}"))
-        .body(bytes.into())
-        .send()
-        .await
-        .unwrap();
 }
 
 async fn delete_object(object_id: &str) {

@@ -12,44 +12,6 @@ use std::collections::BTreeSet;
 use cipherpost_client::{Client, ClientError, Event};
 use support::*;
 
-fn bucket() -> String {
-    std::env::var("CIPHERPOST_BUCKET").unwrap_or_else(|_| "cipherpost-attachments".into())
-}
-
-async fn s3() -> aws_sdk_s3::Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
-async fn get_object(object_id: &str) -> Vec<u8> {
-    let out = s3()
-        .await
-        .get_object()
-        .bucket(bucket())
-        .key(format!("attachments/{object_id}"))
-        .send()
-        .await
-        .unwrap();
-    out.body.collect().await.unwrap().into_bytes().to_vec()
-}
-
-async fn put_object(object_id: &str, bytes: Vec<u8>) {
-    s3().await
-        .put_object()
-        .bucket(bucket())
-        .key(format!("attachments/{object_id}"))
-        .body(bytes.into())
-        .send()
-        .await
-        .unwrap();
-}
-
 /// A conversation as the store shows it: (message id, sender, outgoing, text, state), in order.
 fn conversation(d: &Dev, conv: &str) -> Vec<(String, String, bool, String, String)> {
     d.c.store()

@@ -261,3 +261,44 @@ impl Proxy {
             .collect()
     }
 }
+
+// ----- the attachment objects in S3, for the tamper tests (attachments.rs, history.rs) -----
+
+pub(crate) fn bucket() -> String {
+    std::env::var("CIPHERPOST_BUCKET").unwrap_or_else(|_| "cipherpost-attachments".into())
+}
+
+/// An S3 client on the local endpoint (path-style, as moto needs), with the test credentials.
+pub(crate) async fn s3() -> aws_sdk_s3::Client {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+pub(crate) async fn get_object(object_id: &str) -> Vec<u8> {
+    let out = s3()
+        .await
+        .get_object()
+        .bucket(bucket())
+        .key(format!("attachments/{object_id}"))
+        .send()
+        .await
+        .unwrap();
+    out.body.collect().await.unwrap().into_bytes().to_vec()
+}
+
+pub(crate) async fn put_object(object_id: &str, bytes: Vec<u8>) {
+    s3().await
+        .put_object()
+        .bucket(bucket())
+        .key(format!("attachments/{object_id}"))
+        .body(bytes.into())
+        .send()
+        .await
+        .unwrap();
+}
