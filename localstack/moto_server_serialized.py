@@ -1,18 +1,32 @@
-"""moto_server, with its DynamoDB requests handled one at a time.
+"""moto_server, with its DynamoDB requests handled one at a time and cheap transactions.
 
-moto 5.2's TransactWriteItems deep-copies the tables it touches (to roll back on a failed
-condition) without a lock, so a write arriving on another thread in the middle of the copy
-makes it fail with `RuntimeError: dictionary changed size during iteration`, answered as an HTML
-500 page that the AWS SDK cannot read (the gateway then answers 503). Under concurrent load
-(the test suites, the load generator) that happened every few hundred transactions. This
-wrapper runs moto's own server (same arguments as `moto_server`) and holds one lock around
-every DynamoDB request; S3 requests (large uploads) still run in parallel. moto is bound by
-Python's GIL anyway, so the lock costs little throughput.
+Two changes to moto 5.2's DynamoDB, both made here so the local cloud behaves under load:
+
+1. One lock around every DynamoDB request. moto's TransactWriteItems deep-copies the tables it
+   touches (to roll back on a failed condition) without a lock, so a write arriving on another
+   thread in the middle of the copy made it fail with `RuntimeError: dictionary changed size
+   during iteration`, answered as an HTML 500 page the AWS SDK cannot read (the gateway then
+   answered 503). S3 requests (large uploads) still run in parallel. moto is bound by Python's
+   GIL anyway, so the lock costs little throughput.
+
+2. TransactWriteItems keeps a journal of the items it names instead of copying whole tables.
+   moto copies every table a transaction touches before applying it, so each transaction costs
+   time and memory in proportion to the table (a prekeys table of 10,000 items is copied for
+   every registration): the test suites slowed as tables grew, and setting up 100 devices for the
+   load generator drove moto past 16 GB. Here the items a transaction names are copied before it
+   runs and put back if it fails; moto's own table copy is skipped (it gets the table itself, so
+   its roll-back assigns each table to itself). A transaction changes only the items it names,
+   so the journal restores everything a failed one changed. Under the lock of (1) no other
+   request can see the items in between.
 """
 
+import copy
 import threading
 
 from moto import server
+from moto.dynamodb import models as _ddb
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
 
 _dynamodb = threading.Lock()
 _run_simple = server.run_simple
@@ -33,7 +47,94 @@ def _run_simple_serialized(host, port, app, **kwargs):
     return _run_simple(host, port, _serialize_dynamodb(app), **kwargs)
 
 
+class _CopyWithoutTables:
+    """Stands in for the `copy` module inside moto.dynamodb.models while a transaction runs:
+    a Table is returned as it is, anything else is copied as usual."""
+
+    active = False
+
+    @classmethod
+    def deepcopy(cls, obj, memo=None):
+        if cls.active and isinstance(obj, Table):
+            return obj
+        return copy.deepcopy(obj, memo)
+
+    copy = staticmethod(copy.copy)
+
+
+def _named_item(backend, entry):
+    """(table, hash, range) of the item a TransactItems entry names, or None when it names
+    none that exists (moto then refuses the request before changing anything)."""
+    if not isinstance(entry, dict) or len(entry) != 1:
+        return None
+    op_type, op = next(iter(entry.items()))
+    if not isinstance(op, dict):
+        return None
+    table = backend.tables.get(op.get("TableName"))
+    if table is None:
+        return None
+    attrs = op.get("Item") if op_type == "Put" else op.get("Key")
+    if not isinstance(attrs, dict):
+        return None
+    try:
+        hash_value = DynamoType(attrs[table.hash_key_attr])
+        range_value = (
+            DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
+        )
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return table, hash_value, range_value
+
+
+def _restore(table, hash_value, range_value, saved):
+    if range_value is not None:
+        bucket = table.items[hash_value]
+        if saved is None:
+            bucket.pop(range_value, None)
+            if not bucket:
+                table.items.pop(hash_value, None)
+        else:
+            bucket[range_value] = saved
+    elif saved is None:
+        table.items.pop(hash_value, None)
+    else:
+        table.items[hash_value] = saved
+
+
+_transact_write_items = _ddb.DynamoDBBackend.transact_write_items
+
+
+def _transact_write_items_journaled(self, transact_items):
+    journal = []
+    seen = set()
+    for entry in transact_items if isinstance(transact_items, list) else []:
+        named = _named_item(self, entry)
+        if named is None:
+            continue
+        table, hash_value, range_value = named
+        mark = (id(table), hash_value, range_value)
+        if mark in seen:
+            continue  # moto refuses two operations on one item; the first copy is the original
+        seen.add(mark)
+        try:
+            current = table.get_item(hash_value, range_value)
+        except Exception:  # a key moto will refuse; nothing to keep
+            continue
+        journal.append((table, hash_value, range_value, copy.deepcopy(current)))
+    _CopyWithoutTables.active = True
+    try:
+        return _transact_write_items(self, transact_items)
+    except BaseException:
+        for table, hash_value, range_value, saved in reversed(journal):
+            _restore(table, hash_value, range_value, saved)
+        raise
+    finally:
+        _CopyWithoutTables.active = False
+
+
 server.run_simple = _run_simple_serialized
+_ddb.copy = _CopyWithoutTables
+_ddb.DynamoDBBackend.transact_write_items = _transact_write_items_journaled
 
 if __name__ == "__main__":
     server.main()
