@@ -389,6 +389,120 @@ async fn a_replayed_reordered_duplicated_or_truncated_stream_shows_each_message_
     assert!(a1.texts(&bob).iter().all(|(_, s)| s == "delivered"));
 }
 
+/// The same for a group: bob syncs alice's group messages (sender-key messages) through a
+/// server that reverses, duplicates and truncates the page and slips in forgeries of the newest
+/// (a flipped byte, the real body under another message id, the real body claimed by a device
+/// alice does not have, the real body under a group bob is not in), then replays everything
+/// it served, also to a restarted client. Bob shows each group message exactly once and no
+/// forged one.
+#[tokio::test]
+async fn a_tampered_group_stream_shows_each_group_message_once() {
+    let mut a1 = account("galice").await;
+    let mut b1 = account("gbob").await;
+    let (alice, bob) = (a1.user(), b1.user());
+    let gid =
+        a1.c.group_create("under attack", std::slice::from_ref(&bob))
+            .await
+            .unwrap()
+            .group_id;
+    // bob gets the group and alice's sender key from an honest server first.
+    a1.c.queue_group_text(&gid, &marked("warm-up")).unwrap();
+    a1.c.flush_outbox().await.unwrap();
+    b1.sync().await;
+    let conv = format!("group:{gid}");
+    assert_eq!(
+        b1.texts(&conv),
+        vec![(marked("warm-up"), "received".into())]
+    );
+
+    let sent: Vec<String> = (0..8)
+        .map(|i| marked(&format!("group stream {i}")))
+        .collect();
+    for t in &sent {
+        a1.c.queue_group_text(&gid, t).unwrap();
+    }
+    a1.c.flush_outbox().await.unwrap();
+    let served: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let replay = Arc::new(Mutex::new(false));
+    let (log, again) = (served.clone(), replay.clone());
+    let owner = alice.clone();
+    let proxy = Proxy::start(rewrite(move |method, path, status, body| {
+        if method != "GET" || !path.starts_with("/v1/messages") || status != 200 {
+            return;
+        }
+        let (page, mut out): (Vec<Value>, Vec<Value>) = body["envelopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned()
+            .partition(|e| e.get("group").is_some_and(|g| !g.is_null()));
+        if *again.lock().unwrap() {
+            out.extend(log.lock().unwrap().iter().rev().cloned());
+            out.extend(page.iter().cloned());
+            out.extend(page.iter().cloned());
+        } else {
+            let mut half: Vec<Value> = page.iter().rev().cloned().collect();
+            half.truncate(page.len().div_ceil(2));
+            for e in &half {
+                out.push(e.clone());
+                out.push(e.clone());
+            }
+            if let Some(newest) = page.last() {
+                let mut body_forged = newest.clone();
+                let mut b = unb64(&newest["body"]);
+                let n = b.len() / 2;
+                b[n] ^= 1;
+                body_forged["body"] = b64(&b);
+                let mut id_forged = newest.clone();
+                id_forged["message_id"] = b64(&[7u8; 16]);
+                let mut sender_forged = newest.clone();
+                sender_forged["sender"] = json!({"user": owner, "device_id": 2});
+                let mut group_forged = newest.clone();
+                group_forged["group"] = b64(&[9u8; 16]);
+                for forged in [body_forged, id_forged, sender_forged, group_forged] {
+                    out.insert(0, forged);
+                }
+            }
+            body["next_cursor"] = Value::Null;
+        }
+        log.lock().unwrap().extend(out.iter().cloned());
+        body["envelopes"] = Value::Array(out);
+    }))
+    .await;
+    let mut bp = Dev {
+        c: via(&b1, &proxy),
+        dir: b1.dir,
+    };
+    let ev = bp.sync().await;
+    let got = bp.texts(&conv);
+    assert!(got.len() > 1 && got.len() < 1 + 8, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|(t, _)| *t == marked("warm-up") || sent.contains(t)),
+        "{got:?}"
+    );
+    assert_no_duplicates(&bp, &conv);
+    assert!(
+        notices(&ev).iter().any(|n| n.contains("could not be read")),
+        "the forgeries are reported: {ev:?}"
+    );
+    // The rest was never acknowledged, so the server still has it; replays come with it.
+    *replay.lock().unwrap() = true;
+    bp.sync().await;
+    bp.c = via(&bp, &proxy); // a restarted client, same profile
+    bp.sync().await;
+    let mut got: Vec<String> = bp.texts(&conv).into_iter().map(|(t, _)| t).collect();
+    got.sort();
+    let mut want = sent.clone();
+    want.push(marked("warm-up"));
+    want.sort();
+    assert_eq!(got, want, "every real group message once, no forged one");
+    assert_no_duplicates(&bp, &conv);
+    // Nothing from the forged group or the forged device was kept.
+    assert!(bp.c.groups().unwrap().iter().all(|g| g.group_id == gid));
+    assert!(bp.texts(&alice).is_empty());
+}
+
 /// The server drops one message for one of bob's devices (it never serves it there). Bob's
 /// devices confirm what they got with delivery receipts; alice's client sees that the device
 /// confirmed a later message but not that one, and reports it, naming the message and the

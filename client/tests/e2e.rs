@@ -19,28 +19,28 @@ async fn multi_device_exchange_receipts_and_read_sync() {
     let mut b1 = account("bob").await;
     let (alice, bob) = (a1.user(), b1.user());
 
-    a1.c.queue_text(&bob, "hello bob").unwrap();
+    a1.c.queue_text(&bob, &marked("hello bob")).unwrap();
     a1.c.flush_outbox().await.unwrap();
     b1.sync().await;
     assert_eq!(
         b1.texts(&alice),
-        vec![("hello bob".into(), "received".into())]
+        vec![(marked("hello bob"), "received".into())]
     );
     // Alice's other device files her own message in the conversation with bob.
     // (Bob's delivery receipt reaches it too.)
     a2.sync().await;
     assert_eq!(
         a2.texts(&bob),
-        vec![("hello bob".into(), "delivered".into())]
+        vec![(marked("hello bob"), "delivered".into())]
     );
 
-    b1.c.queue_text(&alice, "hi alice").unwrap();
+    b1.c.queue_text(&alice, &marked("hi alice")).unwrap();
     b1.c.flush_outbox().await.unwrap();
     a1.sync().await; // also gets bob's delivery receipt
     a2.sync().await;
-    assert_eq!(a1.texts(&bob)[0], ("hello bob".into(), "delivered".into()));
-    assert_eq!(a1.texts(&bob)[1], ("hi alice".into(), "received".into()));
-    assert_eq!(a2.texts(&bob)[1], ("hi alice".into(), "received".into()));
+    assert_eq!(a1.texts(&bob)[0], (marked("hello bob"), "delivered".into()));
+    assert_eq!(a1.texts(&bob)[1], (marked("hi alice"), "received".into()));
+    assert_eq!(a2.texts(&bob)[1], (marked("hi alice"), "received".into()));
 
     // Bob reads: alice's devices both see "read".
     b1.c.read(&alice).await.unwrap();
@@ -55,7 +55,7 @@ async fn multi_device_exchange_receipts_and_read_sync() {
     a2.sync().await;
     assert_eq!(a2.texts(&bob)[1].1, "read");
     b1.sync().await;
-    assert_eq!(b1.texts(&alice)[1], ("hi alice".into(), "read".into()));
+    assert_eq!(b1.texts(&alice)[1], (marked("hi alice"), "read".into()));
     for d in [&a1, &a2] {
         assert_no_duplicates(d, &bob);
     }
@@ -68,15 +68,15 @@ async fn read_sync_without_read_receipts() {
     let mut b1 = account("bob").await;
     let (alice, bob) = (a1.user(), b1.user());
     a1.c.set_read_receipts(false).unwrap();
-    b1.c.queue_text(&alice, "one").unwrap();
+    b1.c.queue_text(&alice, &marked("one")).unwrap();
     b1.c.flush_outbox().await.unwrap();
     a1.sync().await;
     a2.sync().await;
     a1.c.read(&bob).await.unwrap();
     a2.sync().await;
-    assert_eq!(a2.texts(&bob), vec![("one".into(), "read".into())]);
+    assert_eq!(a2.texts(&bob), vec![(marked("one"), "read".into())]);
     b1.sync().await;
-    assert_eq!(b1.texts(&alice), vec![("one".into(), "delivered".into())]);
+    assert_eq!(b1.texts(&alice), vec![(marked("one"), "delivered".into())]);
 }
 
 #[tokio::test]
@@ -85,12 +85,12 @@ async fn offline_device_catches_up_on_1000_queued_messages() {
     let mut b1 = account("bob").await;
     let (alice, bob) = (a1.user(), b1.user());
     for i in 0..1000 {
-        b1.c.queue_text(&alice, &format!("m{i}")).unwrap();
+        b1.c.queue_text(&alice, &marked(&format!("m{i}"))).unwrap();
     }
     assert_eq!(b1.c.flush_outbox().await.unwrap(), 1000);
     a1.sync().await;
     let got: Vec<String> = a1.texts(&bob).into_iter().map(|(t, _)| t).collect();
-    let want: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    let want: Vec<String> = (0..1000).map(|i| marked(&format!("m{i}"))).collect();
     assert_eq!(got, want);
     // Nothing left in the queue: a second sync brings nothing new.
     assert!(a1
@@ -108,7 +108,7 @@ async fn killed_mid_outbox_resumes_without_loss_or_duplicate() {
     let mut b1 = account("bob").await;
     let (alice, bob) = (a1.user(), b1.user());
     for i in 0..20 {
-        a1.c.queue_text(&bob, &format!("m{i}")).unwrap();
+        a1.c.queue_text(&bob, &marked(&format!("m{i}"))).unwrap();
     }
     // bob's keys are fetched before the cuts begin: every fetch cut short would still count
     // against the server's limit of 20 bundle fetches of one account per device and hour, and
@@ -126,7 +126,7 @@ async fn killed_mid_outbox_resumes_without_loss_or_duplicate() {
     }
     b1.sync().await;
     let got: Vec<String> = b1.texts(&alice).into_iter().map(|(t, _)| t).collect();
-    let want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    let want: Vec<String> = (0..20).map(|i| marked(&format!("m{i}"))).collect();
     assert_eq!(got, want);
     assert_no_duplicates(&b1, &alice);
 }
@@ -138,8 +138,8 @@ async fn two_devices_of_one_account_send_concurrently() {
     let mut b1 = account("bob").await;
     let (alice, bob) = (a1.user(), b1.user());
     for i in 0..10 {
-        a1.c.queue_text(&bob, &format!("a1-{i}")).unwrap();
-        a2.c.queue_text(&bob, &format!("a2-{i}")).unwrap();
+        a1.c.queue_text(&bob, &marked(&format!("a1-{i}"))).unwrap();
+        a2.c.queue_text(&bob, &marked(&format!("a2-{i}"))).unwrap();
     }
     let (r1, r2) = tokio::join!(a1.c.flush_outbox(), a2.c.flush_outbox());
     assert_eq!((r1.unwrap(), r2.unwrap()), (10, 10));
@@ -160,7 +160,7 @@ async fn typing_is_pushed_but_never_stored() {
     let mut b1 = account("bob").await;
     let (alice, bob) = (a1.user(), b1.user());
     // Sessions both ways first.
-    a1.c.queue_text(&bob, "hi").unwrap();
+    a1.c.queue_text(&bob, &marked("hi")).unwrap();
     a1.c.flush_outbox().await.unwrap();
     b1.sync().await;
     let mut events = Vec::new();
@@ -197,18 +197,18 @@ async fn watch_receives_live_messages() {
         b1.c.watch(Some(Duration::from_secs(6)), |e| events.push(e.clone()));
     let send = async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        a1.c.queue_text(&bob, "live").unwrap();
+        a1.c.queue_text(&bob, &marked("live")).unwrap();
         a1.c.flush_outbox().await.unwrap();
     };
     let (w, ()) = tokio::join!(watch, send);
     w.unwrap();
     assert!(events
         .iter()
-        .any(|e| matches!(e, Event::Message { text, .. } if text == "live")));
-    assert_eq!(b1.texts(&alice), vec![("live".into(), "received".into())]);
+        .any(|e| matches!(e, Event::Message { text, .. } if *text == marked("live"))));
+    assert_eq!(b1.texts(&alice), vec![(marked("live"), "received".into())]);
     // The delivery receipt went back while watching.
     a1.sync().await;
-    assert_eq!(a1.texts(&bob), vec![("live".into(), "delivered".into())]);
+    assert_eq!(a1.texts(&bob), vec![(marked("live"), "delivered".into())]);
 }
 
 #[tokio::test]
@@ -216,11 +216,11 @@ async fn a_contacts_new_device_receives_the_next_message() {
     let mut a1 = account("alice").await;
     let mut b1 = account("bob").await;
     let (alice, bob) = (a1.user(), b1.user());
-    a1.c.queue_text(&bob, "before").unwrap();
+    a1.c.queue_text(&bob, &marked("before")).unwrap();
     a1.c.flush_outbox().await.unwrap();
     b1.sync().await;
     let mut b2 = link(&mut b1).await;
-    a1.c.queue_text(&bob, "after").unwrap();
+    a1.c.queue_text(&bob, &marked("after")).unwrap();
     a1.c.flush_outbox().await.unwrap();
     let notices: Vec<String> =
         a1.c.take_notices()
@@ -240,8 +240,8 @@ async fn a_contacts_new_device_receives_the_next_message() {
     assert_eq!(
         b2.texts(&alice),
         vec![
-            ("before".into(), "received".into()),
-            ("after".into(), "received".into())
+            (marked("before"), "received".into()),
+            (marked("after"), "received".into())
         ]
     );
     b1.sync().await;
@@ -253,7 +253,7 @@ async fn after_a_key_change_nothing_is_sent_until_accepted() {
     let mut a1 = account("alice").await;
     let mut b1 = account("bob").await;
     let (alice, bob) = (a1.user(), b1.user());
-    a1.c.queue_text(&bob, "first").unwrap();
+    a1.c.queue_text(&bob, &marked("first")).unwrap();
     a1.c.flush_outbox().await.unwrap();
     b1.sync().await;
     // Make alice's pinned key for bob differ from the server's (as if bob's key had been
@@ -269,11 +269,11 @@ async fn after_a_key_change_nothing_is_sent_until_accepted() {
         )
         .unwrap();
     }
-    a1.c.queue_text(&bob, "second").unwrap();
+    a1.c.queue_text(&bob, &marked("second")).unwrap();
     assert_eq!(a1.c.flush_outbox().await.unwrap(), 0);
     assert_eq!(a1.c.store().outbox_len().unwrap(), 1);
     assert!(matches!(
-        a1.c.queue_text(&bob, "third"),
+        a1.c.queue_text(&bob, &marked("third")),
         Err(ClientError::KeyChanged(_))
     ));
     b1.sync().await;
@@ -284,7 +284,7 @@ async fn after_a_key_change_nothing_is_sent_until_accepted() {
     assert!(!v.blocked);
     assert_eq!(a1.c.flush_outbox().await.unwrap(), 1);
     b1.sync().await;
-    assert_eq!(b1.texts(&alice)[1].0, "second");
+    assert_eq!(b1.texts(&alice)[1].0, marked("second"));
 }
 
 #[tokio::test]
@@ -297,7 +297,7 @@ async fn store_file_is_private_and_errors_are_clear() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     let mut e = Dev::new();
-    let err = e.c.queue_text("bob", "x").unwrap_err();
+    let err = e.c.queue_text("bob", &marked("x")).unwrap_err();
     assert!(err.to_string().contains("no account"), "{err}");
     let mut x = Dev::new();
     let taken = x.c.register(&d.user()).await.unwrap_err();
@@ -327,12 +327,12 @@ async fn prekeys_are_replenished_when_they_run_low() {
     a1.sync().await;
     assert!(a1.c.server_prekey_count().await.unwrap() >= 100);
     // The new ids continue above the old ones: a session from a fresh bundle still works.
-    b1.c.queue_text(&alice, "after refill").unwrap();
+    b1.c.queue_text(&alice, &marked("after refill")).unwrap();
     b1.c.flush_outbox().await.unwrap();
     a1.sync().await;
     assert_eq!(
         a1.texts(&b1.user()),
-        vec![("after refill".into(), "received".into())]
+        vec![(marked("after refill"), "received".into())]
     );
 }
 
@@ -389,20 +389,22 @@ async fn signed_prekey_rotates_weekly_and_old_bundles_still_work() {
             .unwrap();
     assert_eq!(m.signed_prekey_rotated_to, Some(2));
     // ...and a session started from it still opens: the replaced prekey is kept for a while.
-    b1.c.queue_text(&alice, "from the old bundle").unwrap();
+    b1.c.queue_text(&alice, &marked("from the old bundle"))
+        .unwrap();
     b1.c.flush_outbox().await.unwrap();
     // A new contact gets signed prekey 2, and is understood too.
     let mut c1 = account("carol").await;
-    c1.c.queue_text(&alice, "from the new bundle").unwrap();
+    c1.c.queue_text(&alice, &marked("from the new bundle"))
+        .unwrap();
     c1.c.flush_outbox().await.unwrap();
     a1.sync().await;
     assert_eq!(
         a1.texts(&b1.user()),
-        vec![("from the old bundle".into(), "received".into())]
+        vec![(marked("from the old bundle"), "received".into())]
     );
     assert_eq!(
         a1.texts(&c1.user()),
-        vec![("from the new bundle".into(), "received".into())]
+        vec![(marked("from the new bundle"), "received".into())]
     );
     // The new key's week starts at the rotation: a day later nothing rotates.
     let m =
@@ -442,12 +444,13 @@ async fn a_lost_register_answer_is_recovered() {
     assert_eq!(d.c.devices().await.unwrap().len(), 1);
     // It works as an account: a contact's message arrives.
     let mut b1 = account("bob").await;
-    b1.c.queue_text(&user, "hello after a lost answer").unwrap();
+    b1.c.queue_text(&user, &marked("hello after a lost answer"))
+        .unwrap();
     b1.c.flush_outbox().await.unwrap();
     d.sync().await;
     assert_eq!(
         d.texts(&b1.user()),
-        vec![("hello after a lost answer".into(), "received".into())]
+        vec![(marked("hello after a lost answer"), "received".into())]
     );
     // A request that never reached the server: registering again creates the account.
     let user2 = fresh("never");
@@ -476,8 +479,8 @@ async fn a_bad_recipient_does_not_hold_up_the_outbox() {
     let mut b1 = account("bob").await;
     let (alice, bob) = (a1.user(), b1.user());
     let nobody = fresh("nobody");
-    let bad = a1.c.queue_text(&nobody, "lost").unwrap();
-    let good = a1.c.queue_text(&bob, "hello").unwrap();
+    let bad = a1.c.queue_text(&nobody, &marked("lost")).unwrap();
+    let good = a1.c.queue_text(&bob, &marked("hello")).unwrap();
     assert_eq!(a1.c.flush_outbox().await.unwrap(), 1);
     assert_eq!(
         a1.c.store().outgoing_status(&bad).unwrap(),
@@ -494,9 +497,9 @@ async fn a_bad_recipient_does_not_hold_up_the_outbox() {
         "{ev:?}"
     );
     b1.sync().await;
-    assert_eq!(b1.texts(&alice), vec![("hello".into(), "received".into())]);
+    assert_eq!(b1.texts(&alice), vec![(marked("hello"), "received".into())]);
     a1.sync().await;
-    assert_eq!(a1.texts(&bob), vec![("hello".into(), "delivered".into())]);
+    assert_eq!(a1.texts(&bob), vec![(marked("hello"), "delivered".into())]);
 }
 
 /// The approving device's registration of a new device is answered, but the answer is lost:

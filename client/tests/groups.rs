@@ -75,7 +75,7 @@ async fn five_users_every_device_reads_every_message_exactly_once() {
         let n = u.len();
         let d = &mut u[i % n];
         d.sync().await; // learns the group and its name, and the senders' keys
-        d.c.queue_group_text(&gid, &format!("hello from {i}"))
+        d.c.queue_group_text(&gid, &marked(&format!("hello from {i}")))
             .unwrap();
         d.c.flush_outbox().await.unwrap();
     }
@@ -85,7 +85,7 @@ async fn five_users_every_device_reads_every_message_exactly_once() {
         }
     }
     let mut expected: Vec<(String, String)> = (0..5)
-        .map(|i| (names[i].clone(), format!("hello from {i}")))
+        .map(|i| (names[i].clone(), marked(&format!("hello from {i}"))))
         .collect();
     expected.sort();
     for u in &users {
@@ -115,10 +115,13 @@ async fn a_removed_member_cannot_read_what_follows() {
     a1.c.flush_outbox().await.unwrap();
     sync_all(&mut [&mut b1, &mut b2, &mut c1]).await;
     // Before the removal carol reads bob's message.
-    b1.c.queue_group_text(&gid, "before").unwrap();
+    b1.c.queue_group_text(&gid, &marked("before")).unwrap();
     b1.c.flush_outbox().await.unwrap();
     c1.sync().await;
-    assert_eq!(group_texts(&c1, &gid), vec![(bob.clone(), "before".into())]);
+    assert_eq!(
+        group_texts(&c1, &gid),
+        vec![(bob.clone(), marked("before"))]
+    );
 
     // alice removes carol; bob's client learns it (from alice's update or a 409) and seals
     // with a new sender key that carol is never given.
@@ -129,15 +132,18 @@ async fn a_removed_member_cannot_read_what_follows() {
         c: Client::open(b1.dir.path(), &proxy.url, None).unwrap(),
         dir: tempfile::TempDir::new().unwrap(),
     };
-    let after_id = b1p.c.queue_group_text(&gid, "after").unwrap();
+    let after_id = b1p.c.queue_group_text(&gid, &marked("after")).unwrap();
     b1p.c.flush_outbox().await.unwrap();
     b1p.sync().await;
     a1.sync().await;
-    assert!(group_texts(&a1, &gid).contains(&(bob.clone(), "after".into())));
+    assert!(group_texts(&a1, &gid).contains(&(bob.clone(), marked("after"))));
 
     // carol's queue received nothing, and the captured ciphertext does not open with her keys.
     c1.sync().await;
-    assert_eq!(group_texts(&c1, &gid), vec![(bob.clone(), "before".into())]);
+    assert_eq!(
+        group_texts(&c1, &gid),
+        vec![(bob.clone(), marked("before"))]
+    );
     let (mid, wire) = captured(&proxy, &after_id);
     let sender = DeviceRef {
         user: bob.clone(),
@@ -151,7 +157,7 @@ async fn a_removed_member_cannot_read_what_follows() {
     let info = c1.c.group_info(&gid).await.unwrap();
     assert!(!info.active);
     assert!(matches!(
-        c1.c.queue_group_text(&gid, "still here?"),
+        c1.c.queue_group_text(&gid, &marked("still here?")),
         Err(ClientError::Usage(_))
     ));
 }
@@ -216,10 +222,10 @@ async fn a_member_added_later_cannot_read_earlier_messages() {
             .await
             .unwrap()
             .group_id;
-    let early_id = ap.c.queue_group_text(&gid, "early").unwrap();
+    let early_id = ap.c.queue_group_text(&gid, &marked("early")).unwrap();
     ap.c.flush_outbox().await.unwrap();
     ap.c.group_add(&gid, &[dave.clone()]).await.unwrap();
-    ap.c.queue_group_text(&gid, "late").unwrap();
+    ap.c.queue_group_text(&gid, &marked("late")).unwrap();
     ap.c.flush_outbox().await.unwrap();
     b1.sync().await;
     d1.sync().await;
@@ -227,11 +233,14 @@ async fn a_member_added_later_cannot_read_earlier_messages() {
     assert_eq!(
         group_texts(&b1, &gid),
         vec![
-            (alice.clone(), "early".into()),
-            (alice.clone(), "late".into())
+            (alice.clone(), marked("early")),
+            (alice.clone(), marked("late"))
         ]
     );
-    assert_eq!(group_texts(&d1, &gid), vec![(alice.clone(), "late".into())]);
+    assert_eq!(
+        group_texts(&d1, &gid),
+        vec![(alice.clone(), marked("late"))]
+    );
     // The early message, captured, does not open with dave's keys: he was given the sender
     // key at a later iteration.
     let sender = DeviceRef {
@@ -268,7 +277,7 @@ async fn a_stale_member_list_gets_409_and_the_client_recovers() {
         c: Client::open(b1.dir.path(), &proxy.url, None).unwrap(),
         dir: tempfile::TempDir::new().unwrap(),
     };
-    bp.c.queue_group_text(&gid, "to everyone").unwrap();
+    bp.c.queue_group_text(&gid, &marked("to everyone")).unwrap();
     assert_eq!(bp.c.flush_outbox().await.unwrap(), 1);
     // The first group send named the old version and was refused; the client recovered.
     let versions: Vec<u64> = proxy
@@ -286,7 +295,7 @@ async fn a_stale_member_list_gets_409_and_the_client_recovers() {
                 .into_iter()
                 .filter(|(u, _)| u == &bob)
                 .collect::<Vec<_>>(),
-            vec![(bob.clone(), "to everyone".into())]
+            vec![(bob.clone(), marked("to everyone"))]
         );
     }
     let counts: BTreeMap<String, usize> = [&e1, &e2]

@@ -75,17 +75,19 @@ async fn a_linked_device_shows_the_same_conversations_then_talks_with_its_own_ke
 
     // 1:1 both ways, with receipts and reads.
     for i in 0..3 {
-        a1.c.queue_text(&bob, &format!("alice to bob {i}")).unwrap();
+        a1.c.queue_text(&bob, &marked(&format!("alice to bob {i}")))
+            .unwrap();
     }
     a1.c.flush_outbox().await.unwrap();
     b1.sync().await;
-    b1.c.queue_text(&alice, "bob to alice 1").unwrap();
-    b1.c.queue_text(&alice, "bob to alice 2").unwrap();
+    b1.c.queue_text(&alice, &marked("bob to alice 1")).unwrap();
+    b1.c.queue_text(&alice, &marked("bob to alice 2")).unwrap();
     b1.c.flush_outbox().await.unwrap();
     b1.c.read(&alice).await.unwrap();
     a1.sync().await;
     a1.c.read(&bob).await.unwrap();
-    c1.c.queue_text(&alice, "carol to alice, unread").unwrap();
+    c1.c.queue_text(&alice, &marked("carol to alice, unread"))
+        .unwrap();
     c1.c.flush_outbox().await.unwrap();
     a1.sync().await;
     // A group with a message each way.
@@ -94,10 +96,11 @@ async fn a_linked_device_shows_the_same_conversations_then_talks_with_its_own_ke
             .await
             .unwrap();
     let gid = info.group_id.clone();
-    a1.c.queue_group_text(&gid, "group hello").unwrap();
+    a1.c.queue_group_text(&gid, &marked("group hello")).unwrap();
     a1.c.flush_outbox().await.unwrap();
     b1.sync().await;
-    b1.c.queue_group_text(&gid, "group reply from bob").unwrap();
+    b1.c.queue_group_text(&gid, &marked("group reply from bob"))
+        .unwrap();
     b1.c.flush_outbox().await.unwrap();
     a1.sync().await;
     c1.sync().await;
@@ -163,17 +166,22 @@ async fn a_linked_device_shows_the_same_conversations_then_talks_with_its_own_ke
     assert_eq!(count(&a2, "SELECT COUNT(*) FROM own_sender_keys"), 0);
 
     // The new device sends and receives with its own sessions and a fresh sender key.
-    a2.c.queue_text(&bob, "from alice's new device").unwrap();
+    a2.c.queue_text(&bob, &marked("from alice's new device"))
+        .unwrap();
     a2.c.flush_outbox().await.unwrap();
     b1.sync().await;
     assert_eq!(
         b1.texts(&alice).last().unwrap().0,
-        "from alice's new device"
+        marked("from alice's new device")
     );
-    b1.c.queue_text(&alice, "welcome, new device").unwrap();
+    b1.c.queue_text(&alice, &marked("welcome, new device"))
+        .unwrap();
     b1.c.flush_outbox().await.unwrap();
     a2.sync().await;
-    assert_eq!(a2.texts(&bob).last().unwrap().0, "welcome, new device");
+    assert_eq!(
+        a2.texts(&bob).last().unwrap().0,
+        marked("welcome, new device")
+    );
     assert!(
         count(
             &a2,
@@ -181,7 +189,7 @@ async fn a_linked_device_shows_the_same_conversations_then_talks_with_its_own_ke
         ) > 0
     );
 
-    a2.c.queue_group_text(&gid, "group from the new device")
+    a2.c.queue_group_text(&gid, &marked("group from the new device"))
         .unwrap();
     a2.c.flush_outbox().await.unwrap();
     assert_eq!(count(&a2, "SELECT COUNT(*) FROM own_sender_keys"), 1);
@@ -190,17 +198,17 @@ async fn a_linked_device_shows_the_same_conversations_then_talks_with_its_own_ke
     for d in [&b1, &c1] {
         assert_eq!(
             d.texts(&group_conv).last().unwrap().0,
-            "group from the new device"
+            marked("group from the new device")
         );
     }
-    b1.c.queue_group_text(&gid, "group to everyone, new device included")
+    b1.c.queue_group_text(&gid, &marked("group to everyone, new device included"))
         .unwrap();
     b1.c.flush_outbox().await.unwrap();
     a2.sync().await;
     a2.sync().await;
     assert_eq!(
         a2.texts(&group_conv).last().unwrap().0,
-        "group to everyone, new device included"
+        marked("group to everyone, new device included")
     );
     for conv in [&bob, &group_conv] {
         assert_no_duplicates(&a2, conv);
@@ -212,7 +220,7 @@ async fn no_history_sends_none() {
     let mut a1 = account("hnl").await;
     let mut b1 = account("hnb").await;
     let bob = b1.user();
-    a1.c.queue_text(&bob, "before the link").unwrap();
+    a1.c.queue_text(&bob, &marked("before the link")).unwrap();
     a1.c.flush_outbox().await.unwrap();
     b1.sync().await;
     let (mut a2, approval) = approve(&mut a1, false).await;
@@ -227,12 +235,13 @@ async fn no_history_sends_none() {
     assert_eq!(count(&a2, "SELECT COUNT(*) FROM messages"), 0);
     assert_eq!(count(&a2, "SELECT COUNT(*) FROM groups"), 0);
     // What is new reaches it as usual.
-    b1.c.queue_text(&a1.user(), "after the link").unwrap();
+    b1.c.queue_text(&a1.user(), &marked("after the link"))
+        .unwrap();
     b1.c.flush_outbox().await.unwrap();
     a2.sync().await;
     assert_eq!(
         a2.texts(&bob),
-        vec![("after the link".to_string(), "received".to_string())]
+        vec![(marked("after the link"), "received".to_string())]
     );
 }
 
@@ -244,8 +253,11 @@ async fn a_tampered_or_truncated_archive_imports_nothing_and_redelivery_does_not
     // Long texts: the archive spans several 64 KiB segments, so records of the first segments
     // are applied before a tampered last one fails.
     for i in 0..30 {
-        a1.c.queue_text(&bob, &format!("{i:02} {}", "long text ".repeat(500)))
-            .unwrap();
+        a1.c.queue_text(
+            &bob,
+            &marked(&format!("{i:02} {}", "long text ".repeat(500))),
+        )
+        .unwrap();
     }
     a1.c.flush_outbox().await.unwrap();
     let (mut a2, approval) = approve(&mut a1, true).await;

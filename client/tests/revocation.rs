@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use cipherpost_client::{ClientError, Event};
-use support::{account, link, Dev};
+use support::{account, link, marked, Dev};
 
 async fn dynamo() -> aws_sdk_dynamodb::Client {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -79,23 +79,25 @@ async fn revoking_a_device_rotates_the_key_locks_it_out_and_contacts_follow() {
     let (d3, d4) = (device_id(&a3), device_id(&a4));
 
     // bob talks to every device of alice, in 1:1 and in a group.
-    send(&mut bob, &alice, "hello").await;
+    send(&mut bob, &alice, &marked("hello")).await;
     let gid = bob
         .c
         .group_create("g", std::slice::from_ref(&alice))
         .await
         .unwrap()
         .group_id;
-    bob.c.queue_group_text(&gid, "group before").unwrap();
+    bob.c
+        .queue_group_text(&gid, &marked("group before"))
+        .unwrap();
     bob.c.flush_outbox().await.unwrap();
     for d in [&mut a1, &mut a2, &mut a3, &mut a4] {
         d.sync().await;
-        assert!(texts(d, &bob_user).contains(&"hello".to_string()));
+        assert!(texts(d, &bob_user).contains(&marked("hello")));
     }
     let before = bob.c.verify(&alice, false).await.unwrap().safety_number;
 
     // a3 is offline with a queued message and unused prekeys on the server.
-    send(&mut bob, &alice, "while a3 sleeps").await;
+    send(&mut bob, &alice, &marked("while a3 sleeps")).await;
     assert!(items(&db, &queue_table(), &alice, d3).await > 0);
     a3.c.maintain_prekeys(true).await.unwrap();
     assert!(items(&db, &prekey_table(), &alice, d3).await > 0);
@@ -162,7 +164,7 @@ async fn revoking_a_device_rotates_the_key_locks_it_out_and_contacts_follow() {
 
     // bob's next send gets a 409, follows both rotations from the key he pinned, sees the
     // safety-number change and delivers to the two remaining devices only.
-    let id = send(&mut bob, &alice, "after").await;
+    let id = send(&mut bob, &alice, &marked("after")).await;
     let (queued, _) = bob.c.store().outgoing_status(&id).unwrap();
     assert!(!queued, "sent");
     let n = bob.c.take_notices().unwrap();
@@ -180,7 +182,7 @@ async fn revoking_a_device_rotates_the_key_locks_it_out_and_contacts_follow() {
     );
     for d in [&mut a1, &mut a2] {
         d.sync().await;
-        assert!(texts(d, &bob_user).contains(&"after".to_string()));
+        assert!(texts(d, &bob_user).contains(&marked("after")));
     }
     // Both remaining devices hold the same new key: their safety numbers with bob agree.
     assert_eq!(
@@ -193,17 +195,19 @@ async fn revoking_a_device_rotates_the_key_locks_it_out_and_contacts_follow() {
     );
 
     // The group goes on under a new sender key for the remaining devices.
-    bob.c.queue_group_text(&gid, "group after").unwrap();
+    bob.c
+        .queue_group_text(&gid, &marked("group after"))
+        .unwrap();
     bob.c.flush_outbox().await.unwrap();
     for d in [&mut a1, &mut a2] {
         d.sync().await;
         let h = texts(d, &format!("group:{gid}"));
-        assert!(h.contains(&"group after".to_string()), "{h:?}");
+        assert!(h.contains(&marked("group after")), "{h:?}");
     }
     // alice's remaining devices still write to bob.
-    send(&mut a2, &bob_user, "still here").await;
+    send(&mut a2, &bob_user, &marked("still here")).await;
     bob.sync().await;
-    assert!(texts(&bob, &alice).contains(&"still here".to_string()));
+    assert!(texts(&bob, &alice).contains(&marked("still here")));
 }
 
 #[tokio::test]
@@ -214,17 +218,19 @@ async fn a_revoked_device_the_server_keeps_listing_is_never_encrypted_to() {
     let mut bob = account("rlb").await;
     let (alice, bob_user) = (a1.user(), bob.user());
     let d2 = device_id(&a2);
-    send(&mut bob, &alice, "hello").await;
+    send(&mut bob, &alice, &marked("hello")).await;
     let gid = bob
         .c
         .group_create("g", std::slice::from_ref(&alice))
         .await
         .unwrap()
         .group_id;
-    bob.c.queue_group_text(&gid, "group before").unwrap();
+    bob.c
+        .queue_group_text(&gid, &marked("group before"))
+        .unwrap();
     bob.c.flush_outbox().await.unwrap();
     a2.sync().await;
-    assert!(texts(&a2, &format!("group:{gid}")).contains(&"group before".to_string()));
+    assert!(texts(&a2, &format!("group:{gid}")).contains(&marked("group before")));
 
     a1.c.revoke_device(d2).await.unwrap();
     // The server turns hostile: the revoked device is active again (it can sign in, it is
@@ -251,21 +257,23 @@ async fn a_revoked_device_the_server_keeps_listing_is_never_encrypted_to() {
         "{n:?}"
     );
     // Sends that the server will only take with an envelope for the revoked device do not go.
-    let id = bob.c.queue_text(&alice, "secret").unwrap();
+    let id = bob.c.queue_text(&alice, &marked("secret")).unwrap();
     let _ = bob.c.flush_outbox().await;
     let (queued, _) = bob.c.store().outgoing_status(&id).unwrap();
     assert!(
         queued,
         "kept in the outbox, not sealed for the revoked device"
     );
-    bob.c.queue_group_text(&gid, "group secret").unwrap();
+    bob.c
+        .queue_group_text(&gid, &marked("group secret"))
+        .unwrap();
     let _ = bob.c.flush_outbox().await;
 
     // The revoked device, signed in again by the hostile server, reads none of it.
     let _ = a2.c.sync().await;
-    assert!(!texts(&a2, &bob_user).contains(&"secret".to_string()));
+    assert!(!texts(&a2, &bob_user).contains(&marked("secret")));
     let g = texts(&a2, &format!("group:{gid}"));
-    assert!(!g.contains(&"group secret".to_string()), "{g:?}");
+    assert!(!g.contains(&marked("group secret")), "{g:?}");
     assert!(a2
         .c
         .store()
