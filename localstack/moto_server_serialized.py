@@ -140,60 +140,27 @@ def _transact_write_items_journaled(self, transact_items):
 _query = Table.query
 
 
-def _query_one_partition(
-    self,
-    hash_key,
-    range_comparison,
-    range_objs,
-    limit,
-    exclusive_start_key,
-    scan_index_forward,
-    projection_expressions,
-    index_name=None,
-    *args,
-    **kwargs,
-):
+def _query_one_partition(self, hash_key, *args, **kwargs):
     """moto's Table.query with a base-table query reading only its partition (moto sorts and
     filters every item of the table for each query)."""
-    if index_name is None and hash_key is not None:
-        held = self.items.get(hash_key)
-        if held is None:
-            partition = []
-        elif self.range_key_attr:
-            partition = list(held.values())
-        else:
-            partition = [held]
-        # Seen by this call only: requests are serialized by the lock above.
-        self.all_items = lambda: partition
-        try:
-            return _query(
-                self,
-                hash_key,
-                range_comparison,
-                range_objs,
-                limit,
-                exclusive_start_key,
-                scan_index_forward,
-                projection_expressions,
-                index_name,
-                *args,
-                **kwargs,
-            )
-        finally:
-            del self.all_items
-    return _query(
-        self,
-        hash_key,
-        range_comparison,
-        range_objs,
-        limit,
-        exclusive_start_key,
-        scan_index_forward,
-        projection_expressions,
-        index_name,
-        *args,
-        **kwargs,
-    )
+    # moto passes the index name 8th: (hash_key, range_comparison, range_objs, limit,
+    # exclusive_start_key, scan_index_forward, projection_expressions, index_name, ...).
+    index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+    if index_name is not None or hash_key is None:
+        return _query(self, hash_key, *args, **kwargs)
+    held = self.items.get(hash_key)
+    if held is None:
+        partition = []
+    elif self.range_key_attr:
+        partition = list(held.values())
+    else:
+        partition = [held]
+    # Seen by this call only: requests are serialized by the lock above.
+    self.all_items = lambda: partition
+    try:
+        return _query(self, hash_key, *args, **kwargs)
+    finally:
+        del self.all_items
 
 
 server.run_simple = _run_simple_serialized

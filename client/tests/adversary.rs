@@ -298,6 +298,65 @@ async fn a_replaced_account_key_is_refused_and_blocks_sending() {
     );
 }
 
+/// `envelope` with `field` set to `value`.
+fn with(envelope: &Value, field: &str, value: Value) -> Value {
+    let mut e = envelope.clone();
+    e[field] = value;
+    e
+}
+
+/// `envelope` with one byte of its base64 `field` flipped, at `at(length)`.
+fn flipped(envelope: &Value, field: &str, at: fn(usize) -> usize) -> Value {
+    let mut bytes = unb64(&envelope[field]);
+    let i = at(bytes.len());
+    bytes[i] ^= 1;
+    with(envelope, field, b64(&bytes))
+}
+
+/// A server that tampers with sync pages. Of the envelopes `tampered` picks, it serves the
+/// newer half of each page, newest first and each twice, behind `forge(newest)`, and claims the
+/// end of the queue; the others pass untouched. Once the returned flag is set it serves
+/// everything it served before, in reverse, and then the real page twice.
+async fn tampering_proxy(
+    tampered: impl Fn(&Value) -> bool + Send + Sync + 'static,
+    forge: impl Fn(&Value) -> Vec<Value> + Send + Sync + 'static,
+) -> (Proxy, Arc<Mutex<bool>>) {
+    let served: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let replay = Arc::new(Mutex::new(false));
+    let again = replay.clone();
+    let proxy = Proxy::start(rewrite(move |method, path, status, body| {
+        if method != "GET" || !path.starts_with("/v1/messages") || status != 200 {
+            return;
+        }
+        let (page, mut out): (Vec<Value>, Vec<Value>) = body["envelopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned()
+            .partition(|e| tampered(e));
+        if *again.lock().unwrap() {
+            out.extend(served.lock().unwrap().iter().rev().cloned());
+            out.extend(page.iter().cloned());
+            out.extend(page.iter().cloned());
+        } else {
+            if let Some(newest) = page.last() {
+                out.extend(forge(newest));
+            }
+            let mut half: Vec<Value> = page.iter().rev().cloned().collect();
+            half.truncate(page.len().div_ceil(2));
+            for e in &half {
+                out.push(e.clone());
+                out.push(e.clone());
+            }
+            body["next_cursor"] = Value::Null;
+        }
+        served.lock().unwrap().extend(out.iter().cloned());
+        body["envelopes"] = Value::Array(out);
+    }))
+    .await;
+    (proxy, replay)
+}
+
 /// Bob syncs through a server that reverses each page, sends every envelope twice, cuts the
 /// page in half (claiming it is the end of the queue), slips in forged envelopes (a tampered
 /// body, a tampered key envelope, a real key envelope under another message id), and later
@@ -313,52 +372,19 @@ async fn a_replayed_reordered_duplicated_or_truncated_stream_shows_each_message_
         a1.c.queue_text(&bob, t).unwrap();
     }
     assert_eq!(a1.c.flush_outbox().await.unwrap(), 8);
-    let served: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let replay = Arc::new(Mutex::new(false));
-    let (log, again) = (served.clone(), replay.clone());
-    let proxy = Proxy::start(rewrite(move |method, path, status, body| {
-        if method != "GET" || !path.starts_with("/v1/messages") || status != 200 {
-            return;
-        }
-        let page: Vec<Value> = body["envelopes"].as_array().unwrap().clone();
-        let mut out: Vec<Value> = Vec::new();
-        if *again.lock().unwrap() {
-            // Everything served before, in reverse, then the real page twice.
-            out.extend(log.lock().unwrap().iter().rev().cloned());
-            out.extend(page.iter().cloned());
-            out.extend(page.iter().cloned());
-        } else {
-            // Reversed, duplicated, and cut in half; plus forgeries of the first envelope.
-            let mut half: Vec<Value> = page.iter().rev().cloned().collect();
-            half.truncate(page.len().div_ceil(2));
-            for e in &half {
-                out.push(e.clone());
-                out.push(e.clone());
-            }
-            // Forgeries of the newest envelope (which the half holds, so that their queue
-            // ids, acknowledged as refused, are acknowledged anyway), ahead of it.
-            if let Some(first) = page.last() {
-                let mut body_forged = first.clone();
-                let mut b = unb64(&first["body"]);
-                let n = b.len() / 2;
-                b[n] ^= 1;
-                body_forged["body"] = b64(&b);
-                let mut key_forged = first.clone();
-                let mut k = unb64(&first["key"]);
-                let n = k.len() - 1;
-                k[n] ^= 1;
-                key_forged["key"] = b64(&k);
-                let mut id_forged = first.clone();
-                id_forged["message_id"] = b64(&[7u8; 16]);
-                out.insert(0, body_forged);
-                out.insert(0, key_forged);
-                out.insert(0, id_forged);
-            }
-            body["next_cursor"] = Value::Null;
-        }
-        log.lock().unwrap().extend(out.iter().cloned());
-        body["envelopes"] = Value::Array(out);
-    }))
+    // Forgeries of the newest envelope (which the served half holds, so that their queue ids,
+    // acknowledged as refused, are acknowledged anyway): a tampered body, a tampered key
+    // envelope, the real key envelope under another message id.
+    let (proxy, replay) = tampering_proxy(
+        |_| true,
+        |newest| {
+            vec![
+                with(newest, "message_id", b64(&[7u8; 16])),
+                flipped(newest, "key", |len| len - 1),
+                flipped(newest, "body", |len| len / 2),
+            ]
+        },
+    )
     .await;
     let mut bp = Dev {
         c: via(&b1, &proxy),
@@ -422,52 +448,18 @@ async fn a_tampered_group_stream_shows_each_group_message_once() {
         a1.c.queue_group_text(&gid, t).unwrap();
     }
     a1.c.flush_outbox().await.unwrap();
-    let served: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let replay = Arc::new(Mutex::new(false));
-    let (log, again) = (served.clone(), replay.clone());
     let owner = alice.clone();
-    let proxy = Proxy::start(rewrite(move |method, path, status, body| {
-        if method != "GET" || !path.starts_with("/v1/messages") || status != 200 {
-            return;
-        }
-        let (page, mut out): (Vec<Value>, Vec<Value>) = body["envelopes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .cloned()
-            .partition(|e| e.get("group").is_some_and(|g| !g.is_null()));
-        if *again.lock().unwrap() {
-            out.extend(log.lock().unwrap().iter().rev().cloned());
-            out.extend(page.iter().cloned());
-            out.extend(page.iter().cloned());
-        } else {
-            let mut half: Vec<Value> = page.iter().rev().cloned().collect();
-            half.truncate(page.len().div_ceil(2));
-            for e in &half {
-                out.push(e.clone());
-                out.push(e.clone());
-            }
-            if let Some(newest) = page.last() {
-                let mut body_forged = newest.clone();
-                let mut b = unb64(&newest["body"]);
-                let n = b.len() / 2;
-                b[n] ^= 1;
-                body_forged["body"] = b64(&b);
-                let mut id_forged = newest.clone();
-                id_forged["message_id"] = b64(&[7u8; 16]);
-                let mut sender_forged = newest.clone();
-                sender_forged["sender"] = json!({"user": owner, "device_id": 2});
-                let mut group_forged = newest.clone();
-                group_forged["group"] = b64(&[9u8; 16]);
-                for forged in [body_forged, id_forged, sender_forged, group_forged] {
-                    out.insert(0, forged);
-                }
-            }
-            body["next_cursor"] = Value::Null;
-        }
-        log.lock().unwrap().extend(out.iter().cloned());
-        body["envelopes"] = Value::Array(out);
-    }))
+    let (proxy, replay) = tampering_proxy(
+        |e| e.get("group").is_some_and(|g| !g.is_null()),
+        move |newest| {
+            vec![
+                with(newest, "group", b64(&[9u8; 16])),
+                with(newest, "sender", json!({"user": owner, "device_id": 2})),
+                with(newest, "message_id", b64(&[7u8; 16])),
+                flipped(newest, "body", |len| len / 2),
+            ]
+        },
+    )
     .await;
     let mut bp = Dev {
         c: via(&b1, &proxy),
